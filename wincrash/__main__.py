@@ -1,0 +1,5 @@
+"""Allow ``python -m wincrash``."""
+
+from wincrash.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""The `wincrash` command line: one short function per command, no logic here.
+
+Each command imports its implementation lazily so that `wincrash info` starts fast and a missing
+optional dependency (libguestfs) only affects the commands that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wincrash import __version__
+from wincrash.errors import EXIT_ERROR, EXIT_INTERRUPTED, WincrashError
+
+app = typer.Typer(
+    name="wincrash",
+    help="Windows crash dumps out of QEMU/KVM virtual machines, offline and without symbols.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wincrash {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Windows crash dumps out of QEMU/KVM virtual machines."""
+
+
+@app.command()
+def info(
+    file: Annotated[Path, typer.Argument(help="A DMP, pagefile.sys, QEMU ELF dump or other dump-like file.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Say what is in a dump-like file and whether it is sound (exit 0 sound, 1 problems, 2 unreadable)."""
+    from wincrash.info import describe_file
+    from wincrash.info.render import print_report
+
+    report = describe_file(file)
+    print_report(report, as_json=json_out)
+    raise typer.Exit(report.exit_code)
+
+
+def main() -> None:
+    """Entry point: run the app and turn every failure into one line on stderr and an exit code.
+
+    Click (inside typer) handles usage errors, --help and Exit itself in standalone mode; what
+    reaches us is ours (WincrashError), Ctrl-C, or a bug, which still gets one line, no traceback.
+    """
+    try:
+        app()
+    except WincrashError as exc:
+        print(f"wincrash: error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("wincrash: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the user must never see a traceback
+        if os.environ.get("WINCRASH_DEBUG"):
+            raise
+        print(f"wincrash: internal error: {exc.__class__.__name__}: {exc} (set WINCRASH_DEBUG=1 for details)",
+              file=sys.stderr)
+        sys.exit(EXIT_ERROR)
