@@ -56,6 +56,47 @@ def info(
     raise typer.Exit(report.exit_code)
 
 
+VmArg = Annotated[str, typer.Argument(
+    help="The VM: a QMP UNIX socket path, tcp:HOST:PORT, or a libvirt domain name (with --connect).")]
+ConnectOpt = Annotated[str | None, typer.Option(
+    "--connect", "-c", help="libvirt URI for a domain name (default qemu:///system).")]
+
+
+@app.command()
+def nmi(
+    vm: VmArg,
+    connect: ConnectOpt = None,
+    keyboard: Annotated[bool, typer.Option(
+        "--keyboard", help="Send right Ctrl + Scroll Lock twice instead (guest needs CrashOnCtrlScroll=1).")] = False,
+    wait: Annotated[float | None, typer.Option(
+        "--wait", metavar="SECONDS", help="Wait this long for the guest to report its panic (pvpanic/hv-crash).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Crash a running Windows VM on purpose: inject an NMI (bugcheck 0x80 with NMICrashDump=1)."""
+    from wincrash.capture.nmi import run_nmi
+    from wincrash.capture.render import print_nmi
+
+    print_nmi(run_nmi(vm, connect, keyboard, wait), as_json=json_out)
+
+
+@app.command()
+def dump(
+    vm: VmArg,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output file (default: <vm>-<UTC time>.elf in the current directory).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="elf (default), kdump-zlib or win-dmp.")] = "elf",
+    connect: ConnectOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take a memory dump of a running (or crashed) VM with dump-guest-memory, without crashing it."""
+    from wincrash.capture.dumpcmd import run_dump
+    from wincrash.capture.render import print_dump
+
+    print_dump(run_dump(vm, connect, output, fmt, force), as_json=json_out)
+
+
 def main() -> None:
     """Entry point: run the app and turn every failure into one line on stderr and an exit code.
 

@@ -1,0 +1,246 @@
+"""dump-guest-memory over QMP, done carefully: pre-flight, progress, cancel, pause time.
+
+Over a UNIX socket we hand QEMU the write end of a pipe (SCM_RIGHTS + getfd, protocol ``fd:``) and
+write the file ourselves. That buys three things the ``file:`` protocol cannot give: the output
+goes through atomic_output (0600, temp + rename, nothing left behind), it does not matter which
+user QEMU runs as, and Ctrl-C really stops the dump (we close the pipe, QEMU's write fails, the
+guest resumes) instead of leaving QEMU writing a file nobody wants while the guest stays paused.
+Over TCP no descriptor can be passed, so QEMU writes the file itself (``file:`` protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wincrash.capture.backend import DumpResult, ProgressFn
+from wincrash.capture.qmp import QemuGoneError, QmpSession
+from wincrash.errors import WincrashError
+from wincrash.output import atomic_output, check_destination, check_free_space
+
+DUMP_EVENTS = ("STOP", "RESUME", "DUMP_COMPLETED")
+# Run states in which QEMU can dump (a stopped or panicked guest is the normal case after a crash).
+DUMPABLE = {"running", "paused", "guest-panicked", "internal-error", "io-error", "debug", "suspended",
+            "watchdog", "prelaunch", "shutdown"}
+F_SETPIPE_SZ = 1031
+CHUNK = 1 << 20
+
+
+def explain_dump_error(fmt: str, error: str) -> str:
+    """QEMU's dump errors, with what to do about them."""
+    if "vmcoreinfo" in error or (fmt == "win-dmp" and "win-dump" in error):
+        return (f"{error}: format win-dmp needs QEMU started with -device vmcoreinfo AND the virtio-win "
+                "fwcfg driver running in the guest; use --format elf and `wincrash convert` instead")
+    if "Broken pipe" in error or "EPIPE" in error:
+        return f"{error} (the dump was cancelled)"
+    return error
+
+
+@dataclass
+class _Timeline:
+    """STOP/RESUME/DUMP_COMPLETED as QEMU timestamped them."""
+
+    stop: float | None = None
+    resume: float | None = None
+    completed: dict[str, Any] | None = None
+    events: list[str] = field(default_factory=list)
+
+    def record(self, msg: Any) -> None:
+        ts = msg.get("timestamp", {})
+        when = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+        name = msg["event"]
+        self.events.append(name)
+        if name == "STOP" and self.stop is None:
+            self.stop = when
+        elif name == "RESUME":
+            self.resume = when
+        elif name == "DUMP_COMPLETED":
+            self.completed = dict(msg.get("data") or {})
+
+
+class _PipeCopier:
+    """A thread that copies the pipe into the output file until EOF or until cancelled."""
+
+    def __init__(self, rfd: int, fh: Any) -> None:
+        self.rfd, self.fh = rfd, fh
+        self.copied = 0
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            poller = select.poll()
+            poller.register(self.rfd, select.POLLIN | select.POLLHUP)
+            while not self.cancel.is_set():
+                if not poller.poll(200):
+                    continue
+                data = os.read(self.rfd, CHUNK)
+                if not data:
+                    return
+                self.fh.write(data)
+                self.copied += len(data)
+        except BaseException as exc:  # noqa: BLE001 - handed to the async side
+            self.error = exc
+
+
+async def dump_over_qmp(qmp: QmpSession, out: Path, fmt: str, force: bool, progress: ProgressFn) -> DumpResult:
+    """Pre-flight, start a detached dump, follow it to the end, and report what it cost the guest."""
+    where = qmp.target.describe()
+    status = await qmp.status()
+    before = status.get("status", "unknown")
+    if before not in DUMPABLE:
+        raise WincrashError(f"{where}: cannot dump a VM in state {before!r}")
+    caps = await qmp.execute("query-dump-guest-memory-capability")
+    formats = caps.get("formats", [])
+    if fmt not in formats:
+        raise WincrashError(f"{where}: this QEMU cannot write format {fmt!r} (it offers: {', '.join(formats)})")
+    current = await qmp.execute("query-dump")
+    if current.get("status") == "active":
+        raise WincrashError(f"{where}: another dump is already running in this QEMU")
+    sizes = await qmp.execute("query-memory-size-summary")
+    ram = int(sizes.get("base-memory", 0)) + int(sizes.get("plugged-memory", 0))
+    out = out.absolute()
+    check_destination(out, force)
+    check_free_space(out, ram + (1 << 20))  # uncompressed formats are a bit larger than RAM
+
+    timeline = _Timeline()
+    started = time.monotonic()
+    with qmp.listen(*DUMP_EVENTS) as listener:
+        if qmp.target.kind == "unix":
+            size = await _dump_via_pipe(qmp, listener, timeline, out, fmt, force, ram, progress)
+        else:
+            size = await _dump_via_file(qmp, listener, timeline, out, fmt, force, ram, progress)
+    seconds = time.monotonic() - started
+    after = (await qmp.status()).get("status", "unknown")
+    paused = None
+    if timeline.stop is not None:
+        paused = (timeline.resume or time.time()) - timeline.stop
+    return DumpResult(path=out, format=fmt, size=size, guest_ram=ram, seconds=seconds, paused_seconds=paused,
+                      status_before=before, status_after=after)
+
+
+async def _start(qmp: QmpSession, protocol: str, fmt: str) -> None:
+    await qmp.execute("dump-guest-memory", {"paging": False, "protocol": protocol, "detach": True, "format": fmt})
+
+
+async def _drain_events(qmp: QmpSession, listener: Any, timeline: _Timeline, until_completed: bool,
+                        timeout: float) -> None:
+    """Collect dump events; with until_completed, wait (up to timeout) for DUMP_COMPLETED and RESUME."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wait = 0 if not until_completed else max(0.0, deadline - time.monotonic())
+        done = timeline.completed is not None and (timeline.stop is None or timeline.resume is not None)
+        if until_completed and done:
+            return
+        msg = await qmp.next_event(listener, wait if until_completed else 0.001)
+        if msg is None:
+            if until_completed and time.monotonic() < deadline:
+                continue
+            return
+        timeline.record(msg)
+
+
+def _check_completed(timeline: _Timeline, fmt: str, where: str) -> None:
+    data = timeline.completed or {}
+    if data.get("error") or (data.get("result") or {}).get("status") == "failed":
+        raise WincrashError(f"{where}: the dump failed: {explain_dump_error(fmt, data.get('error', 'unknown error'))}")
+
+
+async def _dump_via_pipe(qmp: QmpSession, listener: Any, timeline: _Timeline, out: Path, fmt: str, force: bool,
+                         ram: int, progress: ProgressFn) -> int:
+    where = qmp.target.describe()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(wfd, F_SETPIPE_SZ, CHUNK)
+    fdname = f"wincrash-dump-{os.getpid()}"
+    try:
+        try:
+            qmp.send_fd(wfd, fdname)
+            await qmp.execute("getfd", {"fdname": fdname})
+        finally:
+            os.close(wfd)  # QEMU holds its own copy now; EOF on rfd means QEMU closed it
+        with atomic_output(out, force) as fh:
+            copier = _PipeCopier(rfd, fh)
+            thread = threading.Thread(target=copier.run, name="wincrash-dump-copy", daemon=True)
+            thread.start()
+            try:
+                await _start(qmp, f"fd:{fdname}", fmt)
+                while thread.is_alive():
+                    progress(copier.copied, ram)
+                    await _drain_events(qmp, listener, timeline, False, 0)
+                    await asyncio.sleep(0.1)
+                    if timeline.completed is not None and timeline.completed.get("error"):
+                        copier.cancel.set()
+            except QemuGoneError:
+                copier.cancel.set()
+                raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
+                                    "no file was written") from None
+            except BaseException:  # Ctrl-C (CancelledError) or anything else: stop QEMU writing, clean up
+                copier.cancel.set()
+                thread.join()
+                os.close(rfd)
+                rfd = -1
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(_drain_events(qmp, listener, timeline, True, 10))
+                raise
+            thread.join()
+            if copier.error is not None:
+                raise WincrashError(f"cannot write {out}: {copier.error}")
+            progress(copier.copied, ram)
+            try:
+                await _drain_events(qmp, listener, timeline, True, 30)
+            except QemuGoneError:
+                raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
+                                    "no file was written") from None
+            if timeline.completed is None:
+                raise WincrashError(f"{where}: QEMU closed the dump stream but never reported DUMP_COMPLETED")
+            _check_completed(timeline, fmt, where)
+            return copier.copied
+    finally:
+        if rfd >= 0:
+            os.close(rfd)
+
+
+async def _dump_via_file(qmp: QmpSession, listener: Any, timeline: _Timeline, out: Path, fmt: str, force: bool,
+                         ram: int, progress: ProgressFn) -> int:
+    """TCP targets: QEMU opens and writes ``out`` itself (mode 0400, owned by QEMU's user)."""
+    where = qmp.target.describe()
+    if out.exists():
+        if not force:
+            raise WincrashError(f"{out}: already exists (use --force to overwrite)")
+        out.unlink()
+    try:
+        await _start(qmp, f"file:{out}", fmt)
+        while timeline.completed is None:
+            state = await qmp.execute("query-dump")
+            progress(int(state.get("completed", 0)), int(state.get("total", 0)) or ram)
+            msg = await qmp.next_event(listener, 0.25)
+            if msg is not None:
+                timeline.record(msg)
+        await _drain_events(qmp, listener, timeline, True, 10)
+    except QemuGoneError:
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
+                            "the partial file was removed") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.unlink()  # QEMU keeps writing to the unlinked file until it is done; the guest resumes then
+        raise
+    try:
+        _check_completed(timeline, fmt, where)
+    except WincrashError:
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        os.chmod(out, 0o600)  # QEMU creates dumps 0400
+    return out.stat().st_size if out.exists() else 0

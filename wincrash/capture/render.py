@@ -1,0 +1,35 @@
+"""Printing capture results: one readable summary, or JSON on stdout with --json."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from wincrash.capture.backend import DumpResult
+from wincrash.capture.nmi import GUEST_NEEDS_KEYS, GUEST_NEEDS_NMI, NmiResult
+
+
+def print_nmi(result: NmiResult, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    what = "crash keys (right Ctrl + Scroll Lock, twice) sent" if result.method == "keyboard" else "NMI injected"
+    typer.echo(f"{what}: {result.vm['name']}")
+    if result.panic is not None:
+        typer.echo(result.panic.describe())
+    else:
+        typer.echo(f"note: {GUEST_NEEDS_KEYS if result.method == 'keyboard' else GUEST_NEEDS_NMI}")
+
+
+def print_dump(result: DumpResult, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    typer.echo(f"wrote {result.path} ({result.format}, {result.size / 2**20:,.1f} MiB from "
+               f"{result.guest_ram / 2**20:,.0f} MiB of guest RAM) in {result.seconds:.1f} s "
+               f"({result.throughput / 2**20:,.0f} MiB/s)")
+    if result.paused_seconds is not None:
+        typer.echo(f"the guest was paused for {result.paused_seconds:.2f} s and is {result.status_after} again")
+    else:
+        typer.echo(f"the guest was already stopped ({result.status_before}) and stays {result.status_after}")
