@@ -97,6 +97,48 @@ def dump(
     print_dump(run_dump(vm, connect, output, fmt, force), as_json=json_out)
 
 
+@app.command("grab-pagefile")
+def grab_pagefile(
+    disks: Annotated[list[Path], typer.Argument(
+        help="Every disk image of the VM (qcow2, raw, vmdk, vhdx...); opened read-only.")],
+    out_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the copied files.")] = Path("."),
+    force_share: Annotated[bool, typer.Option(
+        "--force-share", help="Read a disk a running VM holds locked (the data may be inconsistent).")] = False,
+    recovery_key: Annotated[str | None, typer.Option(
+        "--recovery-key", help="BitLocker recovery key (48 digits) for an encrypted volume.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files already in the folder.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy pagefile.sys, MEMORY.DMP and minidumps out of an offline VM's disks; cut out the pagefile's dump."""
+    from wincrash.disk.grab import run
+
+    raise typer.Exit(run(disks, out_dir, force_share, recovery_key, force, json_out))
+
+
+@app.command()
+def prepare(
+    disk: Annotated[Path, typer.Argument(help="The Windows system disk image of a shut-down VM.")],
+    dump_type: Annotated[str, typer.Option(
+        "--dump", help="complete, kernel, automatic or active.")] = "automatic",
+    nmi_crash: Annotated[bool, typer.Option("--nmi/--no-nmi", help="NMICrashDump=1 (crash on NMI).")] = True,
+    keyboard: Annotated[bool, typer.Option(
+        "--keyboard", help="CrashOnCtrlScroll=1 for PS/2 and USB keyboards.")] = False,
+    no_auto_reboot: Annotated[bool, typer.Option(
+        "--no-auto-reboot/--auto-reboot", help="AutoReboot=0: stay on the blue screen (default), "
+        "or leave AutoReboot as it is.")] = True,
+    ram: Annotated[str | None, typer.Option(
+        "--ram", help="The VM's memory (e.g. 8G), to check the paging file can hold a complete dump.")] = None,
+    backup_dir: Annotated[Path | None, typer.Option(
+        "--backup-dir", help="Where to keep the original SYSTEM hive (default: current folder).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the changes, write nothing.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set the crash-dump registry values (CrashControl) in an offline Windows guest's SYSTEM hive."""
+    from wincrash.disk.crashcontrol import run
+
+    raise typer.Exit(run(disk, dump_type, nmi_crash, keyboard, no_auto_reboot, dry_run, ram, backup_dir, json_out))
+
+
 def main() -> None:
     """Entry point: run the app and turn every failure into one line on stderr and an exit code.
 

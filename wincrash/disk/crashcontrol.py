@@ -1,0 +1,274 @@
+"""`wincrash prepare`: set the crash-dump registry values in an offline guest's SYSTEM hive.
+
+Why offline: a guest that hangs cannot be configured from inside, and these values are read at
+boot. Written through libguestfs' hivex calls on the control set Select\\Current names (the one
+Windows boots with). A copy of the original hive is kept on the host before anything is written,
+and the values are read back after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wincrash.disk import hive
+from wincrash.disk.download import download
+from wincrash.disk.guestfs_backend import guestfs_call, open_appliance
+from wincrash.disk.image import probe_image
+from wincrash.disk.locate import (
+    CRASH_CONTROL,
+    WindowsInstall,
+    inspect_windows,
+    mount_point,
+    parse_paging_files,
+    read_settings,
+    scan_for_windows,
+)
+from wincrash.errors import WincrashError
+
+MIB = 1 << 20
+# CrashDumpEnabled per --dump; 'active' is a complete dump with FilterPages=1 (Windows 10 1607+).
+DUMP_TYPES = {"complete": 1, "kernel": 2, "automatic": 7, "active": 1}
+
+
+@dataclass
+class Change:
+    """One registry value to set, and what it was and became."""
+
+    key: tuple[str, ...]  # below the control set
+    name: str
+    vtype: int
+    value: Any
+    before: Any = None
+    after: Any = None
+    key_created: bool = False
+
+    def where(self, control_set: str) -> str:
+        return "\\".join(("HKLM\\SYSTEM", control_set, *self.key, self.name))
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` did (or would do with --dry-run)."""
+
+    disk: Path
+    install: WindowsInstall | None = None
+    control_set: str = ""
+    changes: list[Change] = field(default_factory=list)
+    backup: Path | None = None
+    dry_run: bool = False
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "disk": str(self.disk), "device": self.install.device if self.install else None,
+            "control_set": self.control_set, "dry_run": self.dry_run,
+            "backup": str(self.backup) if self.backup else None,
+            "changes": [{"path": c.where(self.control_set), "type": hive.TYPE_NAMES.get(c.vtype, c.vtype),
+                         "before": c.before, "after": c.after, "key_created": c.key_created}
+                        for c in self.changes],
+            "warnings": self.warnings,
+        }
+
+
+def plan(dump: str, nmi: bool, keyboard: bool, no_auto_reboot: bool,
+         dump_file: str = "%SystemRoot%\\MEMORY.DMP") -> list[Change]:
+    """The values to write for these options (pure: no I/O)."""
+    if dump not in DUMP_TYPES:
+        raise WincrashError(f"--dump {dump}: choose one of {', '.join(DUMP_TYPES)}")
+    cc = CRASH_CONTROL
+    changes = [Change(cc, "CrashDumpEnabled", hive.REG_DWORD, DUMP_TYPES[dump])]
+    if dump == "active":
+        changes.append(Change(cc, "FilterPages", hive.REG_DWORD, 1))
+    changes += [
+        Change(cc, "NMICrashDump", hive.REG_DWORD, 1 if nmi else 0),
+        Change(cc, "Overwrite", hive.REG_DWORD, 1),
+        Change(cc, "AlwaysKeepMemoryDump", hive.REG_DWORD, 1),
+        Change(cc, "DumpFile", hive.REG_EXPAND_SZ, dump_file),
+    ]
+    if no_auto_reboot:
+        changes.append(Change(cc, "AutoReboot", hive.REG_DWORD, 0))
+    if keyboard:
+        for service in ("kbdhid", "i8042prt"):
+            changes.append(Change(("Services", service, "Parameters"), "CrashOnCtrlScroll", hive.REG_DWORD, 1))
+    return changes
+
+
+def parse_size(text: str | None) -> int | None:
+    """'8G', '8192M', '8GiB', '4096' (MiB) -> bytes."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise WincrashError(f"--ram {text}: give a size such as 8G or 8192M")
+    number, unit = float(match.group(1)), match.group(2).upper() or "M"
+    return int(number * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
+
+
+def check_pagefile(install: WindowsInstall, dump: str, ram: int | None,
+                   pagefile_size: int | None) -> list[str]:
+    """Warnings when the boot volume's paging file cannot hold the dump Windows will write.
+
+    Windows writes the dump into the paging file of the boot volume; a complete dump needs it to
+    be at least RAM + 1 MiB (the header and runs come first). The disk does not know the VM's RAM,
+    so it comes from --ram.
+    """
+    warnings = []
+    entries = parse_paging_files(install.settings.get("PagingFiles"))
+    boot = [(p, lo, hi) for p, lo, hi in entries if p[:1].upper() in (install.letter, "?")]
+    if entries and not boot:
+        warnings.append(f"no paging file on the boot volume {install.letter}: (PagingFiles: "
+                        f"{', '.join(p for p, _, _ in entries)}): Windows cannot write a crash dump "
+                        "unless a DedicatedDumpFile is configured")
+    if dump not in ("complete", "active"):
+        return warnings
+    if ram is None:
+        warnings.append("a complete dump needs a paging file of at least RAM + 1 MiB on the boot volume: "
+                        "give the VM's memory with --ram to check it")
+        return warnings
+    needed = ram + MIB
+    for path, _low, high in boot:
+        if high:  # a fixed maximum, in MiB
+            if high * MIB < needed:
+                warnings.append(f"{path} may grow to {high:,} MiB only; a complete dump of {ram // MIB:,} MiB "
+                                f"of RAM needs at least {needed // MIB:,} MiB: raise it or choose --dump kernel")
+        elif pagefile_size is not None and pagefile_size < needed:
+            warnings.append(f"{path} is system-managed and now {pagefile_size // MIB:,} MiB; a complete dump needs "
+                            f"{needed // MIB:,} MiB: Windows should grow it at the next boot, check it then")
+    return warnings
+
+
+def _install(g: Any, disk: Path) -> tuple[WindowsInstall, list[str]]:
+    installs = inspect_windows(g)
+    devices = sorted(dev for dev, fstype in g.list_filesystems().items() if fstype == "ntfs")
+    if not devices:
+        raise WincrashError(f"{disk}: no NTFS filesystem")
+    for dev in devices:
+        g.mkmountpoint(mount_point(dev))
+        guestfs_call(f"{dev}: cannot mount NTFS", g.mount_ro, dev, mount_point(dev))
+    installs = [i for i in installs if i.device in devices] or scan_for_windows(g, devices)
+    if not installs:
+        raise WincrashError(f"{disk}: no Windows installation on the NTFS filesystems ({', '.join(devices)})")
+    if len(installs) > 1:
+        raise WincrashError(f"{disk}: several Windows installations ({', '.join(i.device for i in installs)}); "
+                            "prepare supports one per disk")
+    return installs[0], devices
+
+
+def _remount_rw(g: Any, device: str) -> None:
+    point = mount_point(device)
+    g.umount(point)
+    guestfs_call(f"{device}: cannot mount NTFS read-write (Windows hibernated or Fast Startup left it "
+                 "in use? shut Windows down fully, or the filesystem is damaged)", g.mount, device, point)
+
+
+def _apply(g: Any, hive_path: str, changes: list[Change], write: bool) -> str:
+    """Read 'before', set values (when writing), commit; return the control set name."""
+    with hive.open_hive(g, hive_path, write=write) as root:
+        control_set = hive.current_control_set(g, root)
+        cs = hive.child(g, root, control_set)
+        if cs is None:
+            raise WincrashError(f"{hive_path}: Select\\Current names {control_set}, which does not exist")
+        for change in changes:
+            node = cs
+            for name in change.key:
+                sub = g.hivex_node_get_child(node, name)
+                if not sub:
+                    change.key_created = True
+                    if not write:
+                        node = 0
+                        break
+                    sub = g.hivex_node_add_child(node, name)
+                node = sub
+            current = hive.get_value(g, node, change.name) if node else None
+            change.before = current[1] if current else None
+            if write:
+                g.hivex_node_set_value(node, change.name, change.vtype, hive.encode_value(change.vtype, change.value))
+        if write:
+            guestfs_call(f"{hive_path}: cannot write the hive", g.hivex_commit, None)
+    if write:  # read back what is now on disk
+        with hive.open_hive(g, hive_path) as root:
+            cs = hive.child(g, root, control_set)
+            for change in changes:
+                node = hive.child(g, cs, *change.key)
+                current = hive.get_value(g, node, change.name) if node else None
+                change.after = current[1] if current else None
+                if change.after != change.value:
+                    raise WincrashError(f"{change.where(control_set)}: read back {change.after!r} after writing "
+                                        f"{change.value!r}; the original hive is kept")
+    else:
+        for change in changes:
+            change.after = change.value
+    return control_set
+
+
+def prepare(disk: Path, dump: str = "automatic", nmi: bool = True, keyboard: bool = False,
+            no_auto_reboot: bool = True, dry_run: bool = False, ram: str | None = None,
+            backup_dir: Path | None = None) -> PrepareResult:
+    """Do the whole command; WincrashError for every failure."""
+    started = time.monotonic()
+    changes = plan(dump, nmi, keyboard, no_auto_reboot)
+    ram_bytes = parse_size(ram)
+    info = probe_image(disk)
+    if info.in_use:
+        raise WincrashError(f"{disk}: in use by a running VM (QEMU holds its image lock); shut the VM down "
+                            "first: changing a disk under a running guest corrupts it")
+    result = PrepareResult(disk=disk, dry_run=dry_run, changes=changes)
+    backup_dir = backup_dir or Path(".")
+    with open_appliance([info], readonly=dry_run) as app:
+        g = app.g
+        install, _devices = _install(g, disk)
+        read_settings(g, install)
+        result.install = install
+        if not install.hive_path:
+            raise WincrashError(f"{disk}: {install.device}{install.systemroot} has no System32\\config\\SYSTEM hive")
+        pagefile = f"{mount_point(install.device)}/pagefile.sys"
+        size = g.filesize(pagefile) if g.is_file(pagefile) else None
+        result.warnings += check_pagefile(install, dump, ram_bytes, size)
+        if not dry_run:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            result.backup = (backup_dir / f"{disk.name}.SYSTEM.{stamp}.orig").resolve()
+            download(g, install.hive_path, result.backup, g.filesize(install.hive_path), progress=False)
+            _remount_rw(g, install.device)
+        result.control_set = _apply(g, install.hive_path, changes, write=not dry_run)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def print_result(result: PrepareResult, as_json: bool) -> int:
+    """Before/after table, warnings on stderr."""
+    for warning in result.warnings:
+        print(f"wincrash: warning: {warning}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    install = result.install
+    assert install is not None
+    print(f"Windows on {install.device} ({install.letter}:{install.systemroot.replace('/', chr(92))}); "
+          f"applying to {result.control_set} (the control set Select\\Current names)")
+    if result.backup:
+        print(f"original SYSTEM hive saved to {result.backup}")
+    for c in result.changes:
+        created = " (new key)" if c.key_created else ""
+        print(f"  {c.where(result.control_set)}: {_show(c.before)} -> {_show(c.after)}{created}")
+    if result.dry_run:
+        print("dry run: nothing was written")
+    else:
+        print("written and read back; the values take effect at the guest's next boot")
+    return 0
+
+
+def run(disk: Path, dump: str, nmi: bool, keyboard: bool, no_auto_reboot: bool, dry_run: bool,
+        ram: str | None, backup_dir: Path | None, as_json: bool) -> int:
+    """The CLI's entry."""
+    return print_result(prepare(disk, dump, nmi, keyboard, no_auto_reboot, dry_run, ram, backup_dir), as_json)
