@@ -1,0 +1,74 @@
+"""AMD64 CONTEXT (0x4D0 bytes), as WinDbg reads it from the dump header and from KPRCB.Context.
+
+The layout is fixed by the Windows ABI; offsets matter more than names, so each one used by
+wincrash is listed in tests/parsers/test_dump_structs.py.
+"""
+
+from __future__ import annotations
+
+from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+
+CONTEXT_AMD64_SIZE = 0x4D0
+
+# ContextFlags bits (CONTEXT_AMD64 = 0x100000).
+CONTEXT_AMD64 = 0x00100000
+CONTEXT_CONTROL = CONTEXT_AMD64 | 0x1
+CONTEXT_INTEGER = CONTEXT_AMD64 | 0x2
+CONTEXT_SEGMENTS = CONTEXT_AMD64 | 0x4
+CONTEXT_FLOATING_POINT = CONTEXT_AMD64 | 0x8
+CONTEXT_DEBUG_REGISTERS = CONTEXT_AMD64 | 0x10
+CONTEXT_FULL = CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_FLOATING_POINT
+CONTEXT_ALL = CONTEXT_FULL | CONTEXT_SEGMENTS | CONTEXT_DEBUG_REGISTERS
+
+MXCSR_DEFAULT = 0x1F80  # all SSE exceptions masked, round to nearest: what Windows threads start with
+FPU_CONTROL_DEFAULT = 0x027F  # x87 control word Windows x64 uses
+
+M128A = Struct("Low" / Int64ul, "High" / Int64ul)
+
+XMM_SAVE_AREA32 = Struct(
+    "ControlWord" / Int16ul,  # 0x00
+    "StatusWord" / Int16ul,  # 0x02
+    "TagWord" / Int8ul,  # 0x04
+    "Reserved1" / Int8ul,  # 0x05
+    "ErrorOpcode" / Int16ul,  # 0x06
+    "ErrorOffset" / Int32ul,  # 0x08
+    "ErrorSelector" / Int16ul,  # 0x0C
+    "Reserved2" / Int16ul,  # 0x0E
+    "DataOffset" / Int32ul,  # 0x10
+    "DataSelector" / Int16ul,  # 0x14
+    "Reserved3" / Int16ul,  # 0x16
+    "MxCsr" / Int32ul,  # 0x18
+    "MxCsr_Mask" / Int32ul,  # 0x1C
+    "FloatRegisters" / Array(8, M128A),  # 0x20
+    "XmmRegisters" / Array(16, M128A),  # 0xA0
+    "Reserved4" / Bytes(96),  # 0x1A0
+)  # 0x200
+
+GPR_NAMES = ("Rax", "Rcx", "Rdx", "Rbx", "Rsp", "Rbp", "Rsi", "Rdi",
+             "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")
+
+CONTEXT_AMD64_STRUCT = Struct(
+    "P1Home" / Int64ul, "P2Home" / Int64ul, "P3Home" / Int64ul,
+    "P4Home" / Int64ul, "P5Home" / Int64ul, "P6Home" / Int64ul,  # 0x00
+    "ContextFlags" / Int32ul,  # 0x30
+    "MxCsr" / Int32ul,  # 0x34
+    "SegCs" / Int16ul,  # 0x38
+    "SegDs" / Int16ul,  # 0x3A
+    "SegEs" / Int16ul,  # 0x3C
+    "SegFs" / Int16ul,  # 0x3E
+    "SegGs" / Int16ul,  # 0x40
+    "SegSs" / Int16ul,  # 0x42
+    "EFlags" / Int32ul,  # 0x44
+    "Dr0" / Int64ul, "Dr1" / Int64ul, "Dr2" / Int64ul, "Dr3" / Int64ul,  # 0x48
+    "Dr6" / Int64ul, "Dr7" / Int64ul,  # 0x68
+    *[name / Int64ul for name in GPR_NAMES],  # 0x78 .. 0xF0
+    "Rip" / Int64ul,  # 0xF8
+    "FltSave" / XMM_SAVE_AREA32,  # 0x100
+    "VectorRegister" / Array(26, M128A),  # 0x300
+    "VectorControl" / Int64ul,  # 0x4A0
+    "DebugControl" / Int64ul,  # 0x4A8
+    "LastBranchToRip" / Int64ul,  # 0x4B0
+    "LastBranchFromRip" / Int64ul,  # 0x4B8
+    "LastExceptionToRip" / Int64ul,  # 0x4C0
+    "LastExceptionFromRip" / Int64ul,  # 0x4C8
+)  # 0x4D0

@@ -1,0 +1,166 @@
+"""Microsoft kernel crash dump headers (MEMORY.DMP): DUMP_HEADER64/32 and what follows them.
+
+Offsets are those of ../shared/DESIGN.md §3 (checked against kdmp-parser and real dumps). The
+header's unused bytes hold the ASCII pattern 'PAGE' in Windows' own dumps; the regions that are
+unions in C (physical memory block, context record) are raw bytes here and are parsed by the
+caller with PHYSICAL_MEMORY_DESCRIPTOR64 / CONTEXT_AMD64_STRUCT, because in triage dumps they may
+hold the 'PAGE' fill instead of a descriptor.
+"""
+
+from __future__ import annotations
+
+from construct import Array, Bytes, Const, Int8ul, Int32ul, Int64ul, Struct
+
+PAGE_SIZE = 0x1000
+PAGE_PATTERN_U32 = 0x45474150  # b'PAGE' read as a little-endian u32
+PAGE_PATTERN_U64 = 0x4547415045474150
+
+DUMP_SIGNATURE64 = b"PAGEDU64"
+DUMP_SIGNATURE32 = b"PAGEDUMP"
+DUMP_HEADER64_SIZE = 0x2000
+DUMP_HEADER32_SIZE = 0x1000
+MAX_RUNS64 = 42  # runs that fit in PhysicalMemoryBlockBuffer (0x2C0 - 0x10) / 0x10
+MAX_RUNS32 = 86
+
+# DumpType values
+DUMP_TYPE_FULL = 1
+DUMP_TYPE_KERNEL = 2  # legacy summary (kernel) dump
+DUMP_TYPE_TRIAGE = 4
+DUMP_TYPE_BITMAP = 5
+DUMP_TYPE_LIVE_KERNEL_BITMAP = 6
+DUMP_TYPE_NAMES = {
+    DUMP_TYPE_FULL: "full (complete memory dump)",
+    DUMP_TYPE_KERNEL: "kernel (summary dump)",
+    DUMP_TYPE_TRIAGE: "triage (small memory dump / minidump)",
+    DUMP_TYPE_BITMAP: "bitmap",
+    DUMP_TYPE_LIVE_KERNEL_BITMAP: "live kernel bitmap",
+}
+
+MACHINE_AMD64 = 0x8664
+MACHINE_I386 = 0x014C
+MACHINE_ARM64 = 0xAA64
+MACHINE_NAMES = {MACHINE_AMD64: "x64", MACHINE_I386: "x86", MACHINE_ARM64: "ARM64"}
+
+PHYSICAL_MEMORY_RUN64 = Struct("BasePage" / Int64ul, "PageCount" / Int64ul)
+PHYSICAL_MEMORY_DESCRIPTOR64_HEAD = Struct(
+    "NumberOfRuns" / Int32ul,  # 0x0
+    "Padding" / Int32ul,  # 0x4
+    "NumberOfPages" / Int64ul,  # 0x8
+)  # runs follow at 0x10
+PHYSICAL_MEMORY_DESCRIPTOR64 = Struct(
+    "NumberOfRuns" / Int32ul,
+    "Padding" / Int32ul,
+    "NumberOfPages" / Int64ul,
+    "Run" / Array(lambda ctx: ctx.NumberOfRuns, PHYSICAL_MEMORY_RUN64),
+)
+
+PHYSICAL_MEMORY_RUN32 = Struct("BasePage" / Int32ul, "PageCount" / Int32ul)
+PHYSICAL_MEMORY_DESCRIPTOR32_HEAD = Struct("NumberOfRuns" / Int32ul, "NumberOfPages" / Int32ul)
+
+EXCEPTION_RECORD64 = Struct(
+    "ExceptionCode" / Int32ul,  # 0x00
+    "ExceptionFlags" / Int32ul,  # 0x04
+    "ExceptionRecord" / Int64ul,  # 0x08
+    "ExceptionAddress" / Int64ul,  # 0x10
+    "NumberParameters" / Int32ul,  # 0x18
+    "UnusedAlignment" / Int32ul,  # 0x1C
+    "ExceptionInformation" / Array(15, Int64ul),  # 0x20
+)  # 0x98
+
+EXCEPTION_RECORD32 = Struct(
+    "ExceptionCode" / Int32ul,
+    "ExceptionFlags" / Int32ul,
+    "ExceptionRecord" / Int32ul,
+    "ExceptionAddress" / Int32ul,
+    "NumberParameters" / Int32ul,
+    "ExceptionInformation" / Array(15, Int32ul),
+)  # 0x50
+
+DUMP_HEADER64 = Struct(
+    "Signature" / Const(b"PAGE"),  # 0x000
+    "ValidDump" / Const(b"DU64"),  # 0x004
+    "MajorVersion" / Int32ul,  # 0x008
+    "MinorVersion" / Int32ul,  # 0x00C
+    "DirectoryTableBase" / Int64ul,  # 0x010
+    "PfnDataBase" / Int64ul,  # 0x018
+    "PsLoadedModuleList" / Int64ul,  # 0x020
+    "PsActiveProcessHead" / Int64ul,  # 0x028
+    "MachineImageType" / Int32ul,  # 0x030
+    "NumberProcessors" / Int32ul,  # 0x034
+    "BugCheckCode" / Int32ul,  # 0x038
+    "BugCheckCodePadding" / Bytes(4),  # 0x03C
+    "BugCheckParameter" / Array(4, Int64ul),  # 0x040
+    "VersionUser" / Bytes(32),  # 0x060
+    "KdDebuggerDataBlock" / Int64ul,  # 0x080
+    "PhysicalMemoryBlockBuffer" / Bytes(0x2C0),  # 0x088
+    "ContextRecordBuffer" / Bytes(0xBB8),  # 0x348
+    "Exception" / EXCEPTION_RECORD64,  # 0xF00
+    "DumpType" / Int32ul,  # 0xF98
+    "DumpTypePadding" / Bytes(4),  # 0xF9C
+    "RequiredDumpSpace" / Int64ul,  # 0xFA0
+    "SystemTime" / Int64ul,  # 0xFA8
+    "Comment" / Bytes(128),  # 0xFB0
+    "SystemUpTime" / Int64ul,  # 0x1030
+    "MiniDumpFields" / Int32ul,  # 0x1038
+    "SecondaryDataState" / Int32ul,  # 0x103C
+    "ProductType" / Int32ul,  # 0x1040
+    "SuiteMask" / Int32ul,  # 0x1044
+    "WriterStatus" / Int32ul,  # 0x1048
+    "Unused1" / Int8ul,  # 0x104C
+    "KdSecondaryVersion" / Int8ul,  # 0x104D
+    "Unused2" / Bytes(2),  # 0x104E
+    "Attributes" / Int32ul,  # 0x1050
+    "BootId" / Int32ul,  # 0x1054
+    "Reserved0" / Bytes(DUMP_HEADER64_SIZE - 0x1058),  # 0x1058
+)  # 0x2000
+
+DUMP_HEADER32 = Struct(
+    "Signature" / Const(b"PAGE"),  # 0x000
+    "ValidDump" / Const(b"DUMP"),  # 0x004
+    "MajorVersion" / Int32ul,  # 0x008
+    "MinorVersion" / Int32ul,  # 0x00C
+    "DirectoryTableBase" / Int32ul,  # 0x010
+    "PfnDataBase" / Int32ul,  # 0x014
+    "PsLoadedModuleList" / Int32ul,  # 0x018
+    "PsActiveProcessHead" / Int32ul,  # 0x01C
+    "MachineImageType" / Int32ul,  # 0x020
+    "NumberProcessors" / Int32ul,  # 0x024
+    "BugCheckCode" / Int32ul,  # 0x028
+    "BugCheckParameter" / Array(4, Int32ul),  # 0x02C
+    "VersionUser" / Bytes(32),  # 0x03C
+    "PaeEnabled" / Int8ul,  # 0x05C
+    "KdSecondaryVersion" / Int8ul,  # 0x05D
+    "Spare3" / Bytes(2),  # 0x05E
+    "KdDebuggerDataBlock" / Int32ul,  # 0x060
+    "PhysicalMemoryBlockBuffer" / Bytes(700),  # 0x064
+    "ContextRecordBuffer" / Bytes(1200),  # 0x320
+    "Exception" / EXCEPTION_RECORD32,  # 0x7D0
+    "Comment" / Bytes(128),  # 0x820
+    "Attributes" / Int32ul,  # 0x8A0
+    "BootId" / Int32ul,  # 0x8A4
+    "Reserved0" / Bytes(1760),  # 0x8A8
+    "DumpType" / Int32ul,  # 0xF88
+    "MiniDumpFields" / Int32ul,  # 0xF8C
+    "SecondaryDataState" / Int32ul,  # 0xF90
+    "ProductType" / Int32ul,  # 0xF94
+    "SuiteMask" / Int32ul,  # 0xF98
+    "WriterStatus" / Int32ul,  # 0xF9C
+    "RequiredDumpSpace" / Int64ul,  # 0xFA0
+    "Reserved2" / Bytes(16),  # 0xFA8
+    "SystemUpTime" / Int64ul,  # 0xFB8
+    "SystemTime" / Int64ul,  # 0xFC0
+    "Reserved3" / Bytes(56),  # 0xFC8
+)  # 0x1000
+
+# Bitmap dumps (DumpType 5 and 6): a summary header at 0x2000, the bitmap, then the present pages.
+BITMAP_FULL_SIGNATURE = b"FDMP"
+BITMAP_KERNEL_SIGNATURE = b"SDMP"
+BITMAP_SUMMARY_HEADER_SIZE = 0x38
+BITMAP_SUMMARY_HEADER = Struct(
+    "Signature" / Bytes(4),  # 0x00 'FDMP' or 'SDMP'
+    "ValidDump" / Const(b"DUMP"),  # 0x04
+    "Padding" / Bytes(0x18),  # 0x08
+    "FirstPage" / Int64ul,  # 0x20 file offset of the first present page
+    "TotalPresentPages" / Int64ul,  # 0x28
+    "Pages" / Int64ul,  # 0x30 number of bits in the bitmap (highest PFN + 1)
+)  # bitmap at 0x38, LSB first

@@ -1,0 +1,1 @@
+"""Writing Microsoft crash dumps (full and bitmap) and the conversion pipeline."""

@@ -1,0 +1,104 @@
+"""`wincrash info`: recognise a dump-like file by its content and say what is in it.
+
+describe_file() raises WincrashError (exit 2) for what cannot be read or recognised, and returns
+a Report for everything else; the Report's problems decide exit 0 (sound) or 1.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from construct import ConstructError
+
+from wincrash.errors import WincrashError, describe_os_error
+from wincrash.info.report import Report
+
+MIB = 1 << 20
+# Magic numbers of formats we recognise but do not convert; named so the user knows what they have.
+OTHER_FORMATS = (
+    (b"MDMP", "user-mode minidump", "a user-mode minidump (process dump), not a kernel crash dump"),
+    (b"QEVM", "qemu-savevm", "a QEMU savevm/migration stream (what `virsh save` writes)"),
+    (b"KDUMP   ", "kdump", "a kdump-compressed memory dump (QEMU dump-guest-memory format=kdump-*)"),
+    (b"makedumpfile", "kdump-flattened", "a flattened makedumpfile stream"),
+    (b"HIBR", "hiberfil", "a Windows hibernation file (hiberfil.sys)"),
+    (b"hibr", "hiberfil", "a Windows hibernation file (hiberfil.sys)"),
+    (b"wake", "hiberfil", "a Windows hibernation file (hiberfil.sys), already resumed"),
+)
+
+
+def open_input(path: Path) -> tuple[BinaryIO, int]:
+    """Open an input read-only, with one-line errors for every way that fails."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WincrashError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise WincrashError(describe_os_error(exc, path)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WincrashError(f"{path}: is a directory, not a dump file")
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise WincrashError(f"{path}: permission denied (try sudo, or check the file's owner)") from None
+        raise WincrashError(describe_os_error(exc, path)) from None
+    size = st.st_size if stat.S_ISREG(st.st_mode) else fh.seek(0, os.SEEK_END)
+    return fh, size
+
+
+def describe_file(path: Path | str) -> Report:
+    """Recognise and summarise one file; raise WincrashError when it is unreadable or unknown."""
+    path = Path(path)
+    fh, size = open_input(path)
+    with fh:
+        try:
+            return _describe(fh, str(path), size)
+        except WincrashError:
+            raise
+        except (ConstructError, struct.error, ValueError, IndexError, OverflowError, UnicodeDecodeError) as exc:
+            detail = " ".join(str(exc).split())[:120]
+            raise WincrashError(f"{path}: malformed file ({exc.__class__.__name__}: {detail})") from None
+        except OSError as exc:
+            raise WincrashError(describe_os_error(exc, path)) from None
+
+
+def _describe(fh: BinaryIO, path: str, size: int) -> Report:
+    if size == 0:
+        raise WincrashError(f"{path}: empty file")
+    magic = os.pread(fh.fileno(), 16, 0)
+    if magic[:8] in (b"PAGEDU64", b"PAGEDUMP"):
+        return _describe_dump_or_pagefile(fh, path, size)
+    if magic[:4] == b"\x7fELF":
+        from wincrash.info.elfcore import describe_elf
+
+        return describe_elf(fh, path, size)
+    for signature, kind, title in OTHER_FORMATS:
+        if magic.startswith(signature):
+            report = Report(path=path, size=size, kind=kind, title=title)
+            report.notes.append("wincrash recognises this format but does not analyse it further")
+            return report
+    shown = magic[:8].hex(" ")
+    raise WincrashError(f"{path}: not a recognised dump format (starts with {shown})")
+
+
+def _describe_dump_or_pagefile(fh: BinaryIO, path: str, size: int) -> Report:
+    from wincrash.info.dmpfile import describe_dmp, dump_extent
+
+    report = describe_dmp(fh, path, size)
+    try:
+        extent = dump_extent(fh)
+    except WincrashError:
+        extent = None
+    # Windows writes the crash dump at the start of pagefile.sys, whose size is a whole number of
+    # MiB; a dump file ends where its header says. A larger MiB-multiple file is a pagefile.
+    if extent is not None and size > extent and size % MIB == 0:
+        report.kind = "pagefile"
+        report.title = f"paging file (pagefile.sys) holding a crash dump: {report.title}"
+        report.sections["pagefile"] = {"dump_bytes": extent, "pagefile_bytes": size}
+        report.notes.append(f"the first {extent:,} bytes are a crash dump: `wincrash grab-pagefile` cuts it out")
+    return report

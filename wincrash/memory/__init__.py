@@ -1,0 +1,1 @@
+"""Physical memory sources: where each guest-physical page lives in an input file."""

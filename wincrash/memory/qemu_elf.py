@@ -1,0 +1,146 @@
+"""The layout of a QEMU `dump-guest-memory` ELF core: RAM segments and per-vCPU register notes.
+
+Only headers and notes are read (a few KiB), never the memory, so this is instant on any size.
+The segments say where each guest-physical range lives in the file, which is what lets the
+converter copy memory with copy_file_range instead of page by page.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from construct import Container
+
+from parsers.elf import (
+    DESC_B_MASK,
+    DESC_L_MASK,
+    ELF64_EHDR_SIZE,
+    ELF64_NHDR_SIZE,
+    ELF64_PHDR_SIZE,
+    ELFCLASS64,
+    EM_386,
+    EM_X86_64,
+    ET_CORE,
+    NT_PRSTATUS,
+    PT_LOAD,
+    PT_NOTE,
+    QEMU_CPUSTATE_SIZE,
+    QEMU_NOTE_TYPE,
+    X86_64_PRSTATUS_SIZE,
+    Elf64_Ehdr,
+    Elf64_Nhdr,
+    Elf64_Phdr,
+    QEMUCPUState,
+    X86_64_ElfPrstatus,
+    note_pad,
+)
+from wincrash.errors import WincrashError
+
+MAX_NOTES_BYTES = 64 << 20  # a 4096-vCPU guest needs ~3 MiB of notes; more means a corrupt header
+MAX_PHDRS = 4096
+CR0_PE = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One PT_LOAD: guest-physical [paddr, paddr+size) stored at file offset ``offset``."""
+
+    paddr: int
+    size: int
+    offset: int
+    filesz: int  # bytes present in the file (< size when the ELF is truncated)
+
+
+@dataclass
+class ElfLayout:
+    """Everything QEMU's ELF header and notes say about the guest."""
+
+    machine: int
+    segments: list[Segment]
+    cpus: list[Container] = field(default_factory=list)  # QEMUCPUState v1, one per vCPU, in order
+    prstatus: list[Container] = field(default_factory=list)
+    file_size: int = 0
+
+    @property
+    def missing_ranges(self) -> list[tuple[int, int]]:
+        """Guest-physical ranges the segments promise but the (truncated) file does not hold."""
+        return [(s.paddr + s.filesz, s.paddr + s.size) for s in self.segments if s.filesz < s.size]
+
+
+def cpu_mode(cpu: Container) -> str:
+    """'long', 'protected' or 'real': what the vCPU was running when the dump was taken."""
+    if not cpu.cr[0] & CR0_PE:
+        return "real"
+    if cpu.cs.flags & DESC_L_MASK:
+        return "long"
+    return "protected" if cpu.cs.flags & DESC_B_MASK else "protected-16"
+
+
+def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
+    """Parse the ELF header, program headers and notes; raise WincrashError when it is not a core."""
+    raw = os.pread(fh.fileno(), ELF64_EHDR_SIZE, 0)
+    if len(raw) < ELF64_EHDR_SIZE:
+        raise WincrashError(f"truncated ELF file: {len(raw)} bytes, the ELF header needs {ELF64_EHDR_SIZE}")
+    if raw[4] != ELFCLASS64:
+        raise WincrashError("32-bit ELF (ELFCLASS32): not a QEMU x86_64 memory dump")
+    ehdr = Elf64_Ehdr.parse(raw)
+    if ehdr.e_type != ET_CORE:
+        raise WincrashError(f"ELF file of type {ehdr.e_type}, not a core dump (ET_CORE): not a memory dump")
+    if ehdr.e_phnum == 0 or ehdr.e_phnum > MAX_PHDRS or ehdr.e_phentsize != ELF64_PHDR_SIZE:
+        raise WincrashError(f"ELF core with {ehdr.e_phnum} program headers of {ehdr.e_phentsize} bytes: malformed")
+    table = os.pread(fh.fileno(), ehdr.e_phnum * ELF64_PHDR_SIZE, ehdr.e_phoff)
+    if len(table) < ehdr.e_phnum * ELF64_PHDR_SIZE:
+        raise WincrashError("truncated ELF file: the program headers run past the end of the file")
+    layout = ElfLayout(machine=ehdr.e_machine, segments=[], file_size=file_size)
+    for i in range(ehdr.e_phnum):
+        ph = Elf64_Phdr.parse(table[i * ELF64_PHDR_SIZE:(i + 1) * ELF64_PHDR_SIZE])
+        if ph.p_type == PT_LOAD and ph.p_memsz:
+            present = max(0, min(ph.p_filesz, file_size - ph.p_offset))
+            layout.segments.append(Segment(ph.p_paddr, ph.p_memsz, ph.p_offset, min(present, ph.p_memsz)))
+        elif ph.p_type == PT_NOTE:
+            _read_notes(fh, ph, layout)
+    layout.segments.sort(key=lambda s: s.paddr)
+    return layout
+
+
+def _read_notes(fh: BinaryIO, ph: Container, layout: ElfLayout) -> None:
+    if ph.p_filesz > MAX_NOTES_BYTES:
+        raise WincrashError(f"ELF note segment of {ph.p_filesz:,} bytes: malformed")
+    data = os.pread(fh.fileno(), ph.p_filesz, ph.p_offset)
+    pos = 0
+    while pos + ELF64_NHDR_SIZE <= len(data):
+        nh = Elf64_Nhdr.parse(data[pos:pos + ELF64_NHDR_SIZE])
+        name_at = pos + ELF64_NHDR_SIZE
+        desc_at = name_at + nh.n_namesz + note_pad(nh.n_namesz)
+        end = desc_at + nh.n_descsz + note_pad(nh.n_descsz)
+        if end > len(data) + note_pad(nh.n_descsz):
+            break  # a truncated note: keep what was complete
+        name = data[name_at:name_at + nh.n_namesz].rstrip(b"\0")
+        desc = data[desc_at:desc_at + nh.n_descsz]
+        if name == b"QEMU" and nh.n_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
+            layout.cpus.append(QEMUCPUState.parse(desc))
+        elif name == b"CORE" and nh.n_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
+            layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
+        pos = end
+
+
+def machine_name(machine: int) -> str:
+    """x86_64 / i386 / the raw number."""
+    return {EM_X86_64: "x86_64", EM_386: "i386"}.get(machine, f"e_machine {machine}")
+
+
+def cpu_summary(index: int, cpu: Container) -> dict[str, Any]:
+    """One vCPU's registers as info shows them."""
+    return {
+        "cpu": index,
+        "mode": cpu_mode(cpu),
+        "ring": cpu.cs.selector & 3,
+        "rip": f"0x{cpu.rip:x}",
+        "rsp": f"0x{cpu.rsp:x}",
+        "cr3": f"0x{cpu.cr[3]:x}",
+        "gs_base": f"0x{cpu.gs.base:x}",
+        "kernel_gs_base": f"0x{cpu.kernel_gs_base:x}",
+        "idt_base": f"0x{cpu.idt.base:x}",
+    }

@@ -1,0 +1,1 @@
+"""Finding and describing Windows inside physical memory, without symbols."""
