@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wincrash.capture.backend import DUMP_FORMATS, DumpResult, open_backend
 from wincrash.capture.target import parse_target
-from wincrash.errors import WincrashError
+from wincrash.errors import EXIT_INTERRUPTED, WincrashError
 from wincrash.progress import byte_progress
 
 SUFFIX = {"elf": ".elf", "kdump-zlib": ".kdump", "win-dmp": ".dmp"}
@@ -48,4 +48,8 @@ def run_dump(vm: str, connect: str | None = None, out: Path | None = None, fmt: 
         out = default_output(vm, connect, fmt)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    return asyncio.run(dump_async(vm, connect, Path(out), fmt, force, show_progress))
+    try:
+        return asyncio.run(dump_async(vm, connect, Path(out), fmt, force, show_progress))
+    except KeyboardInterrupt:
+        raise WincrashError(f"dump cancelled (Ctrl-C): {out} was not written; the guest resumes",
+                            exit_code=EXIT_INTERRUPTED) from None
