@@ -97,6 +97,30 @@ def dump(
     print_dump(run_dump(vm, connect, output, fmt, force), as_json=json_out)
 
 
+@app.command()
+def convert(
+    input_file: Annotated[Path, typer.Argument(
+        metavar="INPUT", help="QEMU dump-guest-memory ELF (or virsh dump --memory-only), raw image or DMP.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output MEMORY.DMP (default: INPUT with .dmp).")] = None,
+    profile: Annotated[str, typer.Option(
+        "--profile", help="auto, or the Windows you expect (e.g. Win10x64, Win7SP1x64): checked against memory.")
+    ] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1) or bitmap (DumpType 5, zero pages left out).")
+                   ] = "full",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output; convert despite a profile mismatch.")
+                     ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Turn a QEMU memory dump into a WinDbg-loadable MEMORY.DMP, offline and without symbols."""
+    from wincrash.dump.convert import convert_file, default_output
+    from wincrash.dump.render import print_conversion
+
+    result = convert_file(input_file, output or default_output(input_file), profile, fmt, force,
+                          progress=not json_out)
+    print_conversion(result, as_json=json_out)
+
+
 @app.command("grab-pagefile")
 def grab_pagefile(
     disks: Annotated[list[Path], typer.Argument(

@@ -1,0 +1,197 @@
+"""Write full (DumpType 1) and bitmap (DumpType 5 'FDMP') dumps from a physical memory source.
+
+Bulk data never passes through Python when it does not have to: run ranges are mapped to input
+file offsets and copied with os.copy_file_range (holes in a sparse input are skipped with
+SEEK_DATA, leaving holes in the output). Small patches (the decoded KDBG, the CPU contexts) are
+written over the copied pages afterwards; for bitmap dumps, zero pages are decided on the final
+image, so a patched page is always present.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from parsers.dump import BITMAP_FULL_SIGNATURE, DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_FULL, PAGE_SIZE
+from wincrash.dump.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.memory.source import PhysicalSource
+
+COPY_CHUNK = 64 << 20
+SCAN_CHUNK = 4 << 20
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+@dataclass
+class WriteResult:
+    dump_type: int
+    file_size: int
+    pages_in_runs: int
+    pages_written: int
+    pages_left_out: int = 0
+    patches_lost: list[int] = field(default_factory=list)
+
+
+def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
+    """Copy bytes file to file in the kernel (copy_file_range), buffered when that is not possible."""
+    while length > 0:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(length, COPY_CHUNK), src_off, dst_off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            n = 0
+        if n == 0:  # not supported here, or end of input: fall back to a buffered copy
+            data = os.pread(src_fd, min(length, COPY_CHUNK), src_off)
+            if not data:
+                return  # input ends early (truncated): the rest stays a hole (zeros)
+            os.pwrite(dst_fd, data, dst_off)
+            n = len(data)
+        src_off += n
+        dst_off += n
+        length -= n
+
+
+def patch_pages(patches: list[tuple[int, bytes]]) -> dict[int, list[tuple[int, bytes]]]:
+    """Split (pa, bytes) patches by page frame: {pfn: [(offset in page, bytes)]}."""
+    pages: dict[int, list[tuple[int, bytes]]] = {}
+    for pa, data in patches:
+        pos = 0
+        while pos < len(data):
+            page_off = (pa + pos) % PAGE_SIZE
+            n = min(len(data) - pos, PAGE_SIZE - page_off)
+            pages.setdefault((pa + pos) // PAGE_SIZE, []).append((page_off, data[pos:pos + n]))
+            pos += n
+    return pages
+
+
+def _apply(page: bytes, edits: list[tuple[int, bytes]]) -> bytes:
+    buf = bytearray(page)
+    for off, data in edits:
+        buf[off:off + len(data)] = data
+    return bytes(buf)
+
+
+def _run_index(runs: list[tuple[int, int]]) -> Callable[[int], int | None]:
+    """pfn -> index of the page in the dump's page sequence (runs back to back), or None."""
+    starts = []
+    total = 0
+    for base, count in runs:
+        starts.append((base, count, total))
+        total += count
+
+    def index(pfn: int) -> int | None:
+        for base, count, first in starts:
+            if base <= pfn < base + count:
+                return first + pfn - base
+        return None
+    return index
+
+
+def data_bytes_in_runs(source: PhysicalSource, runs: list[tuple[int, int]]) -> int:
+    """How many bytes of the runs hold data in the input (what a sparse output will occupy)."""
+    total = 0
+    for base, count in runs:
+        for _pa, length, off in source.pieces(base * PAGE_SIZE, (base + count) * PAGE_SIZE):
+            if off is not None:
+                total += sum(n for _o, n in source.data_extents(off, length))
+    return total
+
+
+def write_full(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]], out: BinaryIO,
+               advance: Callable[[int], None]) -> WriteResult:
+    """DumpType 1: the header, then every page of every run, in run order."""
+    runs = header.runs
+    pages = sum(c for _, c in runs)
+    header.dump_type = DUMP_TYPE_FULL
+    header.required_dump_space = DUMP_HEADER64_SIZE + pages * PAGE_SIZE
+    out.write(build_header64(header))
+    out.flush()
+    dst = out.fileno()
+    dst_off = DUMP_HEADER64_SIZE
+    for base, count in runs:
+        for _pa, length, off in source.pieces(base * PAGE_SIZE, (base + count) * PAGE_SIZE):
+            if off is not None:
+                for data_off, n in source.data_extents(off, length):
+                    copy_range(source.fileno, data_off, dst, dst_off + (data_off - off), n)
+            advance(length)
+            dst_off += length
+    os.ftruncate(dst, header.required_dump_space)
+    result = WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages)
+    index = _run_index(runs)
+    for pfn, edits in patch_pages(patches).items():
+        i = index(pfn)
+        if i is None:
+            result.patches_lost.append(pfn * PAGE_SIZE)
+            continue
+        at = DUMP_HEADER64_SIZE + i * PAGE_SIZE
+        os.pwrite(dst, _apply(os.pread(dst, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0"), edits), at)
+    return result
+
+
+def present_pages(source: PhysicalSource, runs: list[tuple[int, int]], patched: set[int],
+                  advance: Callable[[int], None]) -> list[int]:
+    """PFNs of the runs whose final content is not all zeros (patched pages always count)."""
+    present: set[int] = set(p for p in patched if any(b <= p < b + c for b, c in runs))
+    for base, count in runs:
+        for pa, length, off in source.pieces(base * PAGE_SIZE, (base + count) * PAGE_SIZE):
+            if off is not None:
+                for data_off, n in source.data_extents(off, length):
+                    first_pfn = (pa + data_off - off) // PAGE_SIZE
+                    for chunk_at in range(0, n, SCAN_CHUNK):
+                        data = os.pread(source.fileno, min(SCAN_CHUNK, n - chunk_at), data_off + chunk_at)
+                        for p in range(0, len(data), PAGE_SIZE):
+                            page = data[p:p + PAGE_SIZE]
+                            if page != ZERO_PAGE[:len(page)]:
+                                present.add(first_pfn + (chunk_at + p) // PAGE_SIZE)
+            advance(length)
+    return sorted(present)
+
+
+def bitmap_layout(runs: list[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
+    """(total bitmap bits, first page file offset, file size) of a bitmap dump."""
+    bits = max(b + c for b, c in runs)
+    bitmap_end = DUMP_HEADER64_SIZE + 0x38 + (bits + 7) // 8
+    first = (bitmap_end + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    return bits, first, first + npresent * PAGE_SIZE
+
+
+def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]],
+                 present: list[int], out: BinaryIO, advance: Callable[[int], None]) -> WriteResult:
+    """DumpType 5 ('FDMP'): header, summary, bitmap, then the present pages in ascending PFN order."""
+    runs = header.runs
+    bits, first, size = bitmap_layout(runs, len(present))
+    header.dump_type = DUMP_TYPE_BITMAP
+    header.required_dump_space = size
+    bitmap = bytearray((bits + 7) // 8)
+    for pfn in present:
+        bitmap[pfn >> 3] |= 1 << (pfn & 7)
+    out.write(build_header64(header))
+    out.write(build_bitmap_summary(BITMAP_FULL_SIGNATURE, first, len(present), bits))
+    out.write(bitmap)
+    out.flush()
+    dst = out.fileno()
+    edits = patch_pages(patches)
+    i = 0
+    while i < len(present):
+        j = i  # extend a run of consecutive pfns with no patches
+        while j + 1 < len(present) and present[j + 1] == present[j] + 1 and present[j + 1] not in edits \
+                and present[i] not in edits:
+            j += 1
+        start_pfn, npages = present[i], j - i + 1
+        dst_off = first + i * PAGE_SIZE
+        if start_pfn in edits:
+            page = _apply(source.read(start_pfn * PAGE_SIZE, PAGE_SIZE), edits[start_pfn])
+            os.pwrite(dst, page, dst_off)
+        else:
+            for pa, length, off in source.pieces(start_pfn * PAGE_SIZE, (start_pfn + npages) * PAGE_SIZE):
+                if off is not None:
+                    copy_range(source.fileno, off, dst, dst_off + pa - start_pfn * PAGE_SIZE, length)
+        advance(npages * PAGE_SIZE)
+        i = j + 1
+    os.ftruncate(dst, size)
+    total = sum(c for _, c in runs)
+    lost = [pfn * PAGE_SIZE for pfn in edits if not any(b <= pfn < b + c for b, c in runs)]
+    return WriteResult(DUMP_TYPE_BITMAP, size, total, len(present), total - len(present), lost)

@@ -1,0 +1,397 @@
+"""Find Windows inside physical memory without symbols: DTB, ntoskrnl, KDBG, CPUs, bugcheck, runs.
+
+Every fact records how it was found (``methods``), and every failed attempt is kept in ``tried``
+so that "no Windows kernel found" can say what was tried. The order of attempts follows cost:
+what the vCPU notes give directly first, scans last.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import Container
+
+from parsers.kdbg import KDDEBUGGER_DATA64
+from wincrash.errors import WincrashError
+from wincrash.memory.qemu_elf import cpu_mode
+from wincrash.memory.source import PhysicalSource
+from wincrash.windows import kdbg as kdbgmod
+from wincrash.windows.offsets import BUILDS, KPCR_PRCB_OFFSET
+from wincrash.windows.paging import KUSER_SHARED_DATA_VA, PFN_MASK, AddressSpace, cr3_base
+from wincrash.windows.pe import PeImage, is_kernel_pdb, parse_pe
+
+KERNEL_SCAN_START = 0xFFFFF800_00000000
+KERNEL_SCAN_END = 0xFFFFF810_00000000
+MAX_SCAN_BACK = 64 << 20  # how far below an IDT handler ntoskrnl's header may lie
+MAX_PROCESSORS = 2048
+KPROCESS_DIRECTORY_TABLE_BASE = 0x28  # same on every x64 build (see windows/offsets.py)
+
+
+@dataclass
+class CpuFacts:
+    """One processor as the dump will describe it."""
+
+    number: int
+    kprcb: int
+    note_index: int | None  # which QEMU CPU note holds its registers (None: no registers)
+    context_va: int | None = None
+    context_pa: int | None = None
+    register_source: str = "qemu-note"
+
+
+@dataclass
+class WindowsFacts:
+    """What the converter needs to write a DMP header and patch memory."""
+
+    dtb: int = 0
+    kernel: PeImage | None = None
+    kdbg: kdbgmod.KdbgMatch | None = None
+    kdbg_fields: Container | None = None
+    kdbg_pa: int | None = None
+    build: int = 0
+    major_version: int = 0xF
+    kd_secondary_version: int = 0
+    cpus: list[CpuFacts] = field(default_factory=list)
+    bugcheck_code: int = 0
+    bugcheck_parameters: tuple[int, int, int, int] = (0, 0, 0, 0)
+    crashed: bool = False
+    runs: list[tuple[int, int]] = field(default_factory=list)
+    system_time: int = 0
+    interrupt_time: int = 0
+    product_type: int = 1
+    suite_mask: int = 0
+    nt_major: int = 0
+    nt_minor: int = 0
+    nt_build_lab: str | None = None
+    system_dtb: int | None = None
+    methods: dict[str, str] = field(default_factory=dict)
+    tried: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The --json view: values and how each was found."""
+        k = self.kernel
+        return {
+            "directory_table_base": hex(self.dtb),
+            "kernel": None if k is None else {"base": hex(k.base), "size": hex(k.size_of_image), "pdb": k.pdb_name,
+                                              "pdb_guid": k.pdb_guid, "pdb_age": k.pdb_age},
+            "kdbg": None if self.kdbg is None else {"va": hex(self.kdbg.va), "pa": hex(self.kdbg_pa or 0),
+                                                    "encoded": self.kdbg.encoded, "size": hex(len(self.kdbg.plain))},
+            "build": self.build, "nt_build_lab": self.nt_build_lab, "nt_version": f"{self.nt_major}.{self.nt_minor}",
+            "processors": [{"number": c.number, "kprcb": hex(c.kprcb), "context": hex(c.context_va or 0),
+                            "registers_from": c.register_source} for c in self.cpus],
+            "bugcheck": {"code": hex(self.bugcheck_code), "parameters": [hex(p) for p in self.bugcheck_parameters],
+                         "guest_crashed": self.crashed},
+            "runs": [{"base_page": hex(b), "page_count": c} for b, c in self.runs],
+            "system_time": self.system_time, "interrupt_time": self.interrupt_time,
+            "product_type": self.product_type, "suite_mask": hex(self.suite_mask),
+            "methods": self.methods, "warnings": self.warnings,
+        }
+
+
+class WindowsLocator:
+    """Runs the search over one memory source."""
+
+    def __init__(self, source: PhysicalSource) -> None:
+        self.source = source
+        self.facts = WindowsFacts()
+        self.space: AddressSpace | None = None
+
+    # ----------------------------------------------------------------------------------- main
+    def locate(self) -> WindowsFacts:
+        f = self.facts
+        self._find_dtb_and_kernel()
+        if f.kernel is None or self.space is None:
+            raise WincrashError("no Windows kernel found: " + "; ".join(f.tried))
+        self._find_kdbg()
+        self._read_kdbg_facts()
+        return f
+
+    def _space(self, dtb: int) -> AddressSpace:
+        return AddressSpace(self.source.read, dtb)
+
+    # ----------------------------------------------------------------------------------- DTB + kernel
+    def _find_dtb_and_kernel(self) -> None:
+        f = self.facts
+        long_cpus = [(i, c) for i, c in enumerate(self.source.cpus) if cpu_mode(c) == "long"]
+        long_cpus.sort(key=lambda ic: ic[1].cs.selector & 3)  # kernel-mode vCPUs first
+        if self.source.cpus and not long_cpus:
+            f.tried.append("no vCPU was in long mode (32-bit guests are not supported yet, or firmware/boot)")
+        seen: set[int] = set()
+        for i, cpu in long_cpus:
+            dtb = cr3_base(cpu.cr[3])
+            if dtb in seen:
+                continue
+            seen.add(dtb)
+            space = self._space(dtb)
+            if space.translate(KUSER_SHARED_DATA_VA) is None:
+                f.tried.append(f"CR3 0x{dtb:x} of vCPU {i} does not map KUSER_SHARED_DATA")
+                continue
+            kernel = self._kernel_from_idt(space, cpu, i)
+            if kernel is not None:
+                self._accept(space, kernel, f"CR3 of vCPU {i}", f"IDT of vCPU {i}")
+                return
+            kernel = self._kernel_by_scan(space)
+            if kernel is not None:
+                self._accept(space, kernel, f"CR3 of vCPU {i}", "scan of kernel address space")
+                return
+        if not self.source.cpus:
+            f.tried.append("no vCPU notes in the input (raw image)")
+        for dtb in self._scan_for_pml4():
+            if dtb in seen:
+                continue
+            seen.add(dtb)
+            space = self._space(dtb)
+            kernel = self._kernel_by_scan(space)
+            if kernel is not None:
+                self._accept(space, kernel, "scan for a self-referencing PML4", "scan of kernel address space")
+                return
+            if len(seen) > 64:
+                break
+        f.tried.append("scanned memory for a PML4 with a self-reference that maps KUSER_SHARED_DATA and a kernel: "
+                       f"{len(seen)} candidate(s), none led to ntoskrnl")
+
+    def _accept(self, space: AddressSpace, kernel: PeImage, dtb_method: str, kernel_method: str) -> None:
+        self.space = space
+        self.facts.dtb = space.dtb
+        self.facts.kernel = kernel
+        self.facts.methods["directory_table_base"] = dtb_method
+        self.facts.methods["kernel"] = kernel_method
+
+    def _kernel_from_idt(self, space: AddressSpace, cpu: Container, index: int) -> PeImage | None:
+        idt = space.read(cpu.idt.base, 16 * 3)
+        if idt is None:
+            self.facts.tried.append(f"IDT of vCPU {index} at 0x{cpu.idt.base:x} is not mapped")
+            return None
+        lo, mid, hi = struct.unpack_from("<H", idt, 0)[0], struct.unpack_from("<H", idt, 6)[0], \
+            struct.unpack_from("<I", idt, 8)[0]
+        handler = lo | (mid << 16) | (hi << 32)
+        page = handler & ~0xFFF
+        for back in range(0, MAX_SCAN_BACK, 0x1000):
+            base = page - back
+            head = space.read(base, 2)
+            if head != b"MZ":
+                continue
+            image = parse_pe(space.read, base)
+            if image and is_kernel_pdb(image.pdb_name) and image.contains(handler):
+                return image
+        self.facts.tried.append(f"no ntoskrnl image below the vCPU {index} divide-error handler 0x{handler:x}")
+        return None
+
+    def _kernel_by_scan(self, space: AddressSpace) -> PeImage | None:
+        for step in (0x200000, 0x1000):
+            for va in space.mapped_pages(KERNEL_SCAN_START, KERNEL_SCAN_END, step):
+                if space.read(va, 2) == b"MZ":
+                    image = parse_pe(space.read, va)
+                    if image and is_kernel_pdb(image.pdb_name):
+                        return image
+        self.facts.tried.append(f"no PE image naming ntkrnlmp.pdb/ntoskrnl.pdb mapped in "
+                                f"0x{KERNEL_SCAN_START:x}-0x{KERNEL_SCAN_END:x} through DTB 0x{space.dtb:x}")
+        return None
+
+    def _scan_for_pml4(self):
+        """Pages whose kernel half holds an entry pointing back at the page itself (Windows' self-map)."""
+        src = self.source
+        chunk = 0x200000
+        for seg in src.segments:
+            for offset, length in src.data_extents(seg.offset, seg.filesz):
+                for start in range(offset - offset % 0x1000, offset + length, chunk):
+                    data = os.pread(src.fileno, min(chunk, offset + length - start), start)
+                    for p in range(0, len(data) - 0xFFF, 0x1000):
+                        pa = seg.paddr + (start - seg.offset) + p
+                        needle = ((pa >> 16) & 0xFFFFFF).to_bytes(3, "little")
+                        page = data[p:p + 0x1000]
+                        pos = page.find(needle, 0x800)
+                        while pos != -1:
+                            if pos % 8 == 2:
+                                entry = int.from_bytes(page[pos - 2:pos + 6], "little")
+                                if entry & PFN_MASK == pa and entry & 3 == 3:
+                                    space = self._space(pa)
+                                    if space.translate(KUSER_SHARED_DATA_VA) is not None:
+                                        yield pa
+                                    break
+                            pos = page.find(needle, pos + 1)
+
+    # ----------------------------------------------------------------------------------- KDBG
+    def _find_kdbg(self) -> None:
+        f, space, kernel = self.facts, self.space, self.facts.kernel
+        assert space is not None and kernel is not None
+        end = kernel.base + kernel.size_of_image
+        sections = [s for s in kernel.sections if s.writable_data] or kernel.sections
+        for section in sections:
+            data = self._read_image_range(kernel.base + section.rva, section.size)
+            match = kdbgmod.find_in_data(data, kernel.base + section.rva, kernel.base, end)
+            if match:
+                f.kdbg = match
+                f.kdbg_pa = space.translate(match.va)
+                f.methods["kdbg"] = (f"{'encoded' if match.encoded else 'plain'} block in section {section.name} "
+                                     + ("decoded with keys solved from known plaintext" if match.encoded else ""))
+                return
+        f.tried.append(f"ntoskrnl found at 0x{kernel.base:x} but no valid KDBG (plain or encoded) in its data "
+                       "sections")
+        raise WincrashError("no Windows kernel debugger data (KDBG) found: " + "; ".join(f.tried))
+
+    def _read_image_range(self, va: int, size: int) -> bytes:
+        """Section bytes, with unmapped (paged-out) pages as zeros."""
+        assert self.space is not None
+        out = bytearray()
+        for page in range(va & ~0xFFF, va + size, 0x1000):
+            data = self.space.read(page, 0x1000)
+            out += data if data is not None else bytes(0x1000)
+        skip = va & 0xFFF
+        return bytes(out[skip:skip + size])
+
+    # ----------------------------------------------------------------------------------- from the KDBG
+    def _read_kdbg_facts(self) -> None:
+        f, space = self.facts, self.space
+        assert space is not None and f.kdbg is not None and f.kernel is not None
+        plain = f.kdbg.plain.ljust(KDDEBUGGER_DATA64.sizeof(), b"\0")
+        k = KDDEBUGGER_DATA64.parse(plain)
+        f.kdbg_fields = k
+        self._version(k)
+        self._kuser()
+        raw = space.read(k.KiBugcheckData, 40)
+        if raw is None:
+            f.warnings.append("KiBugcheckData is not readable: bugcheck taken as none")
+        else:
+            code, *params = struct.unpack("<5Q", raw)
+            f.bugcheck_code, f.bugcheck_parameters = code & 0xFFFFFFFF, tuple(params)  # type: ignore[assignment]
+            f.crashed = f.bugcheck_code != 0
+        self._runs(k)
+        self._cpus(k)
+        self._system_dtb(k)
+
+    def _version(self, k: Container) -> None:
+        f, space = self.facts, self.space
+        assert space is not None and f.kernel is not None
+        lab = space.read(k.NtBuildLab, 128)
+        if lab:
+            f.nt_build_lab = lab.split(b"\0", 1)[0].decode("latin-1")
+            head = f.nt_build_lab.split(".", 1)[0]
+            if head.isdigit():
+                f.build = int(head)
+                f.methods["build"] = "NtBuildLab"
+        version = self._find_kd_version_block()
+        if version is not None:
+            major, minor, secondary = version
+            f.major_version, f.kd_secondary_version = major, secondary
+            if not f.build:
+                f.build = minor
+                f.methods["build"] = "KdVersionBlock"
+            elif minor != f.build:
+                f.warnings.append(f"KdVersionBlock says build {minor}, NtBuildLab says {f.build}")
+        if not f.build and "NtBuildNumber" in f.kernel.exports:
+            value = space.read_u64(f.kernel.base + f.kernel.exports["NtBuildNumber"])
+            if value:
+                f.build = value & 0xFFFF
+                f.methods["build"] = "NtBuildNumber export"
+
+    def _find_kd_version_block(self) -> tuple[int, int, int] | None:
+        f = self.facts
+        assert f.kernel is not None
+        needle = f.kernel.base.to_bytes(8, "little")
+        for section in (s for s in f.kernel.sections if s.writable_data):
+            data = self._read_image_range(f.kernel.base + section.rva, section.size)
+            pos = data.find(needle)
+            while pos != -1:
+                start = pos - 0x10
+                if start >= 0 and start % 8 == 0:
+                    major, minor, _proto, _kdsec, flags, machine = struct.unpack_from("<HHBBHH", data, start)
+                    if major == 0xF and machine == 0x8664 and 2000 < minor < 60000:
+                        f.methods["kd_version_block"] = f"in section {section.name}"
+                        return major, minor, data[start + 5]
+                pos = data.find(needle, pos + 1)
+        return None
+
+    def _kuser(self) -> None:
+        f, space = self.facts, self.space
+        assert space is not None
+        data = space.read(KUSER_SHARED_DATA_VA, 0x2D8)
+        if data is None:
+            f.warnings.append("KUSER_SHARED_DATA is not readable: no system time")
+            return
+        low, high1 = struct.unpack_from("<Ii", data, 0x14)
+        f.system_time = (high1 << 32 | low) & ((1 << 64) - 1)
+        low, high1 = struct.unpack_from("<Ii", data, 0x8)
+        f.interrupt_time = (high1 << 32 | low) & ((1 << 64) - 1)
+        f.product_type = struct.unpack_from("<I", data, 0x264)[0]
+        f.nt_major, f.nt_minor = struct.unpack_from("<II", data, 0x26C)
+        f.suite_mask = struct.unpack_from("<I", data, 0x2D0)[0]
+        if not f.build and f.nt_major >= 10:
+            number = struct.unpack_from("<I", data, 0x260)[0] & 0xFFFF
+            if number:
+                f.build = number
+                f.methods["build"] = "KUSER_SHARED_DATA.NtBuildNumber"
+
+    def _runs(self, k: Container) -> None:
+        f, space = self.facts, self.space
+        assert space is not None
+        pointer = space.read_u64(k.MmPhysicalMemoryBlock)
+        head = space.read(pointer, 16) if pointer else None
+        if head is None:
+            f.warnings.append("MmPhysicalMemoryBlock is not readable: runs taken from the input's RAM ranges")
+            f.runs = [(s.paddr // 0x1000, s.size // 0x1000) for s in self.source.segments if s.paddr < 1 << 52]
+            f.methods["runs"] = "input segments"
+            return
+        count, _pad, pages = struct.unpack("<IIQ", head)
+        raw = space.read(pointer + 16, 16 * min(count, 4096)) or b""
+        runs = [struct.unpack_from("<QQ", raw, 16 * i) for i in range(len(raw) // 16)]
+        if sum(c for _, c in runs) != pages:
+            f.warnings.append(f"MmPhysicalMemoryBlock: NumberOfPages {pages} differs from the sum of its runs")
+        f.runs = [(b, c) for b, c in runs if c]
+        f.methods["runs"] = "MmPhysicalMemoryBlock (Windows' own view of RAM)"
+
+    def _cpus(self, k: Container) -> None:
+        f, space = self.facts, self.space
+        assert space is not None
+        blocks = []
+        for i in range(MAX_PROCESSORS):
+            value = space.read_u64(k.KiProcessorBlock + 8 * i)
+            if not value:
+                break
+            blocks.append(value)
+        if not blocks:
+            f.warnings.append("KiProcessorBlock is empty or unreadable: no processor contexts written")
+            return
+        by_kprcb = {kprcb: n for n, kprcb in enumerate(blocks)}
+        note_for: dict[int, int] = {}
+        for i, cpu in enumerate(self.source.cpus):
+            kpcr = cpu.gs.base if cpu.cs.selector & 3 == 0 else cpu.kernel_gs_base
+            n = by_kprcb.get(kpcr + KPCR_PRCB_OFFSET)
+            if n is not None:
+                note_for[n] = i
+        matched_by_gs = bool(note_for)
+        if not matched_by_gs and len(self.source.cpus) == len(blocks):
+            note_for = {n: n for n in range(len(blocks))}
+        f.methods["cpus"] = ("vCPU GS base = KPCR" if matched_by_gs else "vCPU order") + \
+            f", {len(blocks)} in KiProcessorBlock"
+        for n, kprcb in enumerate(blocks):
+            ctx_va = space.read_u64(kprcb + k.OffsetPrcbContext) if k.OffsetPrcbContext else None
+            ctx_pa = space.translate(ctx_va) if ctx_va else None
+            cpu = CpuFacts(number=n, kprcb=kprcb, note_index=note_for.get(n), context_va=ctx_va, context_pa=ctx_pa)
+            if cpu.note_index is None:
+                cpu.register_source = "none (no matching vCPU note)"
+            f.cpus.append(cpu)
+        if len(self.source.cpus) and len(self.source.cpus) != len(blocks):
+            f.warnings.append(f"{len(self.source.cpus)} vCPU notes but {len(blocks)} processors in KiProcessorBlock")
+
+    def _system_dtb(self, k: Container) -> None:
+        """The System process's DirectoryTableBase, which WinDbg expects in the header."""
+        f, space = self.facts, self.space
+        assert space is not None
+        known = BUILDS.get(f.build)
+        first = space.read_u64(k.PsActiveProcessHead)
+        if known is None or not first:
+            return
+        links = known.off("_EPROCESS.ActiveProcessLinks")
+        dtb = space.read_u64(first - links + KPROCESS_DIRECTORY_TABLE_BASE)
+        if dtb and AddressSpace(self.source.read, dtb).translate(KUSER_SHARED_DATA_VA) is not None:
+            f.system_dtb = cr3_base(dtb)
+
+
+def locate_windows(source: PhysicalSource) -> WindowsFacts:
+    """Find Windows in ``source`` or raise WincrashError saying what was tried."""
+    return WindowsLocator(source).locate()

@@ -1,0 +1,118 @@
+"""Just enough PE32+ parsing to recognise ntoskrnl in memory: sections, exports, CodeView (RSDS).
+
+Kernel images in memory are mapped by section, so RVAs are read straight from the image base.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+IMAGE_SCN_MEM_EXECUTE = 0x20000000
+IMAGE_SCN_MEM_WRITE = 0x80000000
+KERNEL_PDB_NAMES = (b"ntkrnlmp.pdb", b"ntoskrnl.pdb", b"ntkrnlpa.pdb", b"ntkrpamp.pdb")
+
+
+@dataclass
+class Section:
+    name: str
+    rva: int
+    size: int
+    characteristics: int
+
+    @property
+    def writable_data(self) -> bool:
+        return bool(self.characteristics & IMAGE_SCN_MEM_WRITE) and not self.characteristics & IMAGE_SCN_MEM_EXECUTE
+
+
+@dataclass
+class PeImage:
+    base: int
+    size_of_image: int
+    sections: list[Section] = field(default_factory=list)
+    pdb_name: str | None = None
+    pdb_guid: str | None = None
+    pdb_age: int | None = None
+    exports: dict[str, int] = field(default_factory=dict)  # name -> RVA
+
+    def contains(self, va: int) -> bool:
+        return self.base <= va < self.base + self.size_of_image
+
+
+def parse_pe(read: Callable[[int, int], bytes | None], base: int, want_exports: bool = True) -> PeImage | None:
+    """Parse the PE image mapped at ``base``; None when there is no valid PE32+ header there."""
+    dos = read(base, 0x40)
+    if not dos or dos[:2] != b"MZ":
+        return None
+    e_lfanew = struct.unpack_from("<I", dos, 0x3C)[0]
+    if not 0x40 <= e_lfanew <= 0x800:
+        return None
+    nt = read(base + e_lfanew, 0x108)
+    if not nt or nt[:4] != b"PE\0\0":
+        return None
+    nsections, opt_size = struct.unpack_from("<H", nt, 6)[0], struct.unpack_from("<H", nt, 20)[0]
+    opt = 24
+    if struct.unpack_from("<H", nt, opt)[0] != 0x20B:  # PE32+ magic
+        return None
+    size_of_image = struct.unpack_from("<I", nt, opt + 56)[0]
+    if not 0x1000 <= size_of_image <= 0x1000_0000:
+        return None
+    image = PeImage(base, size_of_image)
+    table = read(base + e_lfanew + 24 + opt_size, 40 * min(nsections, 96)) or b""
+    for i in range(len(table) // 40):
+        raw = table[i * 40:(i + 1) * 40]
+        vsize, rva = struct.unpack_from("<II", raw, 8)
+        image.sections.append(Section(raw[:8].rstrip(b"\0").decode("latin-1"), rva, vsize,
+                                      struct.unpack_from("<I", raw, 36)[0]))
+    export_rva, export_size = struct.unpack_from("<II", nt, opt + 112)
+    debug_rva, debug_size = struct.unpack_from("<II", nt, opt + 112 + 6 * 8)
+    _read_codeview(read, image, debug_rva, debug_size)
+    if want_exports and export_rva and export_size:
+        _read_exports(read, image, export_rva, export_size)
+    return image
+
+
+def _read_codeview(read: Callable[[int, int], bytes | None], image: PeImage, rva: int, size: int) -> None:
+    if not rva or not 28 <= size <= 28 * 16:
+        return
+    entries = read(image.base + rva, size)
+    if not entries:
+        return
+    for i in range(size // 28):
+        dtype, dsize, drva = struct.unpack_from("<III", entries, i * 28 + 12)  # Type, SizeOfData, AddressOfRawData
+        if dtype != 2 or not 24 < dsize < 1024 or not drva:
+            continue
+        cv = read(image.base + drva, dsize)
+        if cv and cv[:4] == b"RSDS":
+            image.pdb_guid = str(uuid.UUID(bytes_le=cv[4:20])).replace("-", "").upper()
+            image.pdb_age = struct.unpack_from("<I", cv, 20)[0]
+            image.pdb_name = cv[24:].split(b"\0", 1)[0].decode("latin-1")
+            return
+
+
+def _read_exports(read: Callable[[int, int], bytes | None], image: PeImage, rva: int, size: int) -> None:
+    directory = read(image.base + rva, 40)
+    if not directory:
+        return
+    nfuncs, nnames, funcs_rva, names_rva, ords_rva = struct.unpack_from("<IIIII", directory, 20)
+    if nnames > 8192 or nfuncs > 8192:
+        return
+    names = read(image.base + names_rva, 4 * nnames)
+    ords = read(image.base + ords_rva, 2 * nnames)
+    funcs = read(image.base + funcs_rva, 4 * nfuncs)
+    if not names or not ords or not funcs:
+        return
+    for i in range(nnames):
+        name_rva = struct.unpack_from("<I", names, 4 * i)[0]
+        raw = read(image.base + name_rva, 64)
+        if not raw:
+            continue
+        ordinal = struct.unpack_from("<H", ords, 2 * i)[0]
+        if ordinal < nfuncs:
+            image.exports[raw.split(b"\0", 1)[0].decode("latin-1")] = struct.unpack_from("<I", funcs, 4 * ordinal)[0]
+
+
+def is_kernel_pdb(name: str | None) -> bool:
+    return bool(name) and name.lower().encode() in KERNEL_PDB_NAMES
