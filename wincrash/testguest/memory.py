@@ -59,16 +59,17 @@ def _page_in_ram(pfn: int, ram_size: int) -> bool:
         return False
 
 
-def build_ram_file(mem: GuestMemory, path: Path, ram_size: int, bugcheck: tuple[int, ...] | None = None) -> StubConfig:
-    """Write the sparse RAM file and return the firmware configuration that goes with it."""
+def layout_ram(mem: GuestMemory, ram_size: int, bugcheck: tuple[int, ...] | None = None
+               ) -> tuple[dict[int, bytes], StubConfig]:
+    """All pages guest RAM must hold (the image plus the firmware's), and the firmware configuration."""
     ncpus = len(mem.gs_bases)
     bad = [pfn for pfn in mem.pages if not _page_in_ram(pfn, ram_size) or 0xA0 <= pfn < 0x100]
     if bad:
         raise ValueError(f"{len(bad)} pages lie outside RAM or in the legacy VGA/ROM hole, e.g. pfn {bad[0]:#x}")
     dtb_pfn = mem.dtb // PAGE
-    pml4 = bytearray(mem.pages.get(dtb_pfn, bytes(PAGE)))
     if dtb_pfn not in mem.pages:
         raise ValueError(f"the DTB page {mem.dtb:#x} is not in the page map")
+    pml4 = bytearray(mem.pages[dtb_pfn])
     if struct.unpack_from("<Q", pml4, 0)[0]:
         raise ValueError("PML4[0] of the DTB is in use; the test guest firmware needs it for its identity map")
 
@@ -86,25 +87,54 @@ def build_ram_file(mem: GuestMemory, path: Path, ram_size: int, bugcheck: tuple[
     pdpt_pfn, pd_pfns = run[0], run[1:1 + gibs]
     stack_pfn, lock_pfn = run[1 + gibs], run[-1]
 
-    extra: dict[int, bytes] = {}
-    extra[pdpt_pfn] = b"".join(struct.pack("<Q", pd * PAGE | _P | _RW) for pd in pd_pfns).ljust(PAGE, b"\0")
+    pages = dict(mem.pages)
+    pages[pdpt_pfn] = b"".join(struct.pack("<Q", pd * PAGE | _P | _RW) for pd in pd_pfns).ljust(PAGE, b"\0")
     for g, pd in enumerate(pd_pfns):
-        extra[pd] = b"".join(struct.pack("<Q", (g * GIB + i * 0x200000) | _P | _RW | _PS) for i in range(512))
+        pages[pd] = b"".join(struct.pack("<Q", (g * GIB + i * 0x200000) | _P | _RW | _PS) for i in range(512))
+    for p in run[1 + gibs:]:
+        pages[p] = bytes(PAGE)  # stacks and the lock word start zeroed
     struct.pack_into("<Q", pml4, 0, pdpt_pfn * PAGE | _P | _RW)
-    extra[dtb_pfn] = bytes(pml4)
+    pages[dtb_pfn] = bytes(pml4)
+    for p, data in pages.items():
+        if len(data) != PAGE:
+            raise ValueError(f"page {p:#x} holds {len(data)} bytes, not {PAGE}")
+    kw = {"bugcheck_code": bugcheck[0], "bugcheck_params": tuple(bugcheck[1:5])} if bugcheck else {}
+    return pages, StubConfig(dtb=mem.dtb, gs_bases=list(mem.gs_bases), bugcheck_pa=mem.bugcheck_pa,
+                             stack_pa=stack_pfn * PAGE, lock_pa=lock_pfn * PAGE, **kw)
 
+
+def build_ram_file(mem: GuestMemory, path: Path, ram_size: int, bugcheck: tuple[int, ...] | None = None) -> StubConfig:
+    """Write the sparse RAM file (for memory-backend-file) and return the firmware configuration."""
+    pages, cfg = layout_ram(mem, ram_size, bugcheck)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, ram_size)
-        for p, data in {**mem.pages, **extra}.items():
-            if len(data) != PAGE:
-                raise ValueError(f"page {p:#x} holds {len(data)} bytes, not {PAGE}")
+        for p, data in pages.items():
             os.pwrite(fd, data, phys_to_file_offset(p * PAGE, ram_size))
     finally:
         os.close(fd)
-    kw = {"bugcheck_code": bugcheck[0], "bugcheck_params": tuple(bugcheck[1:5])} if bugcheck else {}
-    return StubConfig(dtb=mem.dtb, gs_bases=list(mem.gs_bases), bugcheck_pa=mem.bugcheck_pa,
-                      stack_pa=stack_pfn * PAGE, lock_pa=lock_pfn * PAGE, **kw)
+    return cfg
+
+
+def build_loader_blobs(mem: GuestMemory, directory: Path, ram_size: int,
+                       bugcheck: tuple[int, ...] | None = None) -> tuple[list[tuple[Path, int]], StubConfig]:
+    """One raw blob per run of contiguous pages, for ``-device loader,file=...,addr=...,force-raw=on``.
+
+    For when we do not own QEMU's memory options (a libvirt domain); QEMU copies the blobs into RAM
+    at reset, after which our firmware (which touches nothing else) starts.
+    """
+    pages, cfg = layout_ram(mem, ram_size, bugcheck)
+    blobs: list[tuple[Path, int]] = []
+    pfns = sorted(pages)
+    start = 0
+    for i in range(1, len(pfns) + 1):
+        if i == len(pfns) or pfns[i] != pfns[i - 1] + 1:
+            run = pfns[start:i]
+            blob = directory / f"ram-{run[0] * PAGE:x}.bin"
+            blob.write_bytes(b"".join(pages[p] for p in run))
+            blobs.append((blob, run[0] * PAGE))
+            start = i
+    return blobs, cfg
 
 
 def trivial_memory(ncpus: int = 1) -> GuestMemory:

@@ -1,0 +1,128 @@
+"""The libvirt path: a real libvirtd (qemu:///system, TCG domain) when one runs, and the test driver."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from capture_helpers import read_phys, read_qemu_elf
+from helpers import run_wincrash
+
+from wincrash.testguest.libvirt_domain import domain_xml
+from wincrash.testguest.memory import GuestMemory, trivial_memory
+
+libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
+_names = itertools.count()
+
+
+def test_test_driver_nmi() -> None:
+    proc = run_wincrash("nmi", "test", "--connect", "test:///default", "--json", check=True)
+    assert json.loads(proc.stdout)["vm"] == {"kind": "libvirt", "name": "libvirt domain 'test' (test:///default)",
+                                             "domain": "test", "uri": "test:///default"}
+
+
+def test_test_driver_wait_times_out() -> None:
+    proc = run_wincrash("nmi", "test", "--connect", "test:///default", "--wait", "1")
+    assert proc.returncode == 1 and "no panic reported within 1 s" in proc.stderr, proc
+
+
+def test_test_driver_dump_error_is_one_line(tmp_path: Path) -> None:
+    # The test driver has no memory-only dumps: the libvirt error must come out as one clean line.
+    proc = run_wincrash("dump", "test", "--connect", "test:///default", "-o", tmp_path / "t.elf")
+    assert proc.returncode == 2 and proc.stderr.startswith("wincrash: error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_uri() -> None:
+    proc = run_wincrash("nmi", "x", "--connect", "bogus:///nothing")
+    assert proc.returncode == 2 and "cannot connect to libvirt at bogus:///nothing" in proc.stderr
+
+
+@pytest.fixture
+def libvirt_domain() -> Iterator[Callable[..., tuple[str, GuestMemory]]]:
+    """Transient TCG domains on the real libvirtd; skip when none is reachable."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+    workdir = Path(tempfile.mkdtemp(prefix="wclv-"))
+    os.chmod(workdir, 0o755)  # QEMU runs as libvirt-qemu and must reach the firmware and RAM blobs
+    doms = []
+
+    def make(cpus: int = 2) -> tuple[str, GuestMemory]:
+        name = f"wincrash-test-{os.getpid()}-{next(_names)}"
+        memory = trivial_memory(cpus)
+        doms.append(conn.createXML(domain_xml(name, workdir / name, memory), 0))
+        return name, memory
+
+    yield make
+    for dom in doms:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+    conn.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_booted(name: str, memory: GuestMemory) -> None:
+    import time
+
+    import libvirt_qemu
+
+    conn = libvirt.open("qemu:///system")
+    dom = conn.lookupByName(name)
+    deadline = time.monotonic() + 30
+    while True:
+        regs = libvirt_qemu.qemuMonitorCommand(dom, "info registers -a",
+                                               libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        if regs.count(f"CR3={memory.dtb:016x}") == len(memory.gs_bases):
+            break
+        assert time.monotonic() < deadline, regs
+        time.sleep(0.1)
+    conn.close()
+
+
+@pytest.mark.qemu
+def test_libvirtd_nmi_panic_and_dump(libvirt_domain, tmp_path: Path) -> None:  # noqa: ANN001
+    name, memory = libvirt_domain(cpus=2)
+    _wait_booted(name, memory)
+    out = tmp_path / "live.elf"
+    proc = run_wincrash("dump", name, "-o", out, "--json", check=True)
+    result = json.loads(proc.stdout)
+    assert result["status_before"] == result["status_after"] == "running"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    cpus, _ = read_qemu_elf(out)
+    assert [c["cr3"] for c in cpus] == [memory.dtb] * 2 and [c["gs_base"] for c in cpus] == memory.gs_bases
+
+    proc = run_wincrash("nmi", name, "--wait", "20", "--json", check=True)
+    panic = json.loads(proc.stdout)["panic"]
+    assert panic["event"] == "GUEST_PANICKED" and panic["action"] == "pause"
+
+    again = run_wincrash("nmi", name)
+    assert again.returncode == 2 and "not running (status: guest-panicked)" in again.stderr
+
+    crashed = tmp_path / "crashed.elf"
+    run_wincrash("dump", name, "-o", crashed, check=True)
+    _, loads = read_qemu_elf(crashed)
+    assert int.from_bytes(read_phys(crashed, loads, memory.bugcheck_pa, 8), "little") == 0x80
+
+
+@pytest.mark.qemu
+def test_libvirtd_suspended_domain_refused(libvirt_domain) -> None:  # noqa: ANN001
+    name, memory = libvirt_domain(cpus=1)
+    conn = libvirt.open("qemu:///system")
+    conn.lookupByName(name).suspend()
+    conn.close()
+    proc = run_wincrash("nmi", name)
+    assert proc.returncode == 2 and "not running (status: paused)" in proc.stderr, proc
