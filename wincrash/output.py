@@ -47,12 +47,12 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[BinaryIO]:
     check_destination(path, force)
     tmp = path.with_name(f".{path.name}.wincrash-partial-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # writers re-read pages they patch
     except OSError as exc:
         raise WincrashError(f"cannot write output: {describe_os_error(exc, path)}") from exc
     done = False
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "r+b") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

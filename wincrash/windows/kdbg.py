@@ -54,7 +54,8 @@ def _plausible(plain: bytes, kern_base: int, image_end: int) -> bool:
     tag, size = struct.unpack_from("<II", plain, 0x10)
     if tag != KDBG_TAG or not KDBG_MIN_SIZE <= size <= KDBG_MAX_SIZE or size % 8:
         return False
-    flink, blink, base = struct.unpack_from("<QQQ", plain, 0)
+    flink, blink = struct.unpack_from("<QQ", plain, 0)
+    base = struct.unpack_from("<Q", plain, KERNBASE_OFFSET)[0]
     if base != kern_base or flink != blink:
         return False
     # PsLoadedModuleList (0x48) and KiBugcheckData (0x88) are variables inside ntoskrnl.
