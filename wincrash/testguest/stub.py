@@ -23,6 +23,8 @@ ROM_SIZE = 0x10000
 ROM_LINEAR = 0xF0000  # the ROM's alias below 1 MiB, where SIPI can start the other CPUs
 PVPANIC_PORT = 0x505
 MAX_CPUS = 16
+NMI_HANDLER_OFFSET = 0x8000  # fixed, so the memory builder can point a guest IDT's vector 2 at it
+NMI_HANDLER = ROM_LINEAR + NMI_HANDLER_OFFSET
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,13 @@ class StubConfig:
 
     dtb: int
     gs_bases: list[int]  # one KPCR virtual address per vCPU, indexed by APIC ID
-    bugcheck_pa: int  # physical address of KiBugcheckData (5 x u64: code, p1..p4)
+    bugcheck_pa: int  # where the handler stores KiBugcheckData (5 x u64): its VA, or PA below 1 GiB
     stack_pa: int  # first of len(gs_bases) stack pages (identity mapped)
     lock_pa: int  # a zeroed u32: the first CPU into the NMI handler takes it
     bugcheck_code: int = 0x80
     bugcheck_params: tuple[int, int, int, int] = (0x4F4454, 0, 0, 0)
-    extra: dict[str, int] = field(default_factory=dict)
+    gdt_vas: list[int] = field(default_factory=list)  # per CPU: the guest's own GDT (Windows selectors), or 0
+    idt_vas: list[int] = field(default_factory=list)  # per CPU: the guest's own IDT (vector 2 patched), or 0
 
 
 def _asm_source(cfg: StubConfig) -> str:
@@ -44,6 +47,8 @@ def _asm_source(cfg: StubConfig) -> str:
     if not 1 <= ncpus <= MAX_CPUS:
         raise ValueError(f"1..{MAX_CPUS} CPUs supported, not {ncpus}")
     gs_table = "\n".join(f"    .quad {base:#x}" for base in cfg.gs_bases)
+    gdt_table = "\n".join(f"    .quad {va:#x}" for va in (cfg.gdt_vas or [0] * ncpus))
+    idt_table = "\n".join(f"    .quad {va:#x}" for va in (cfg.idt_vas or [0] * ncpus))
     p1, p2, p3, p4 = cfg.bugcheck_params
     return f"""
     .set DTB, {cfg.dtb:#x}
@@ -122,19 +127,52 @@ start64:
     shlq $12, %rax
     addq $STACK_PA, %rax
     movq %rax, %rsp
-    leaq gs_table(%rip), %rbx   # GS base = this CPU's KPCR
+    lidt idt_desc(%rip)         # our own IDT first; the guest's below if it has one
+    leaq gdt_table(%rip), %rbx  # the guest's GDT, with Windows' selectors (CS 0x10, SS 0x18, DS 0x2B)
+    movq (%rbx,%rdi,8), %rax
+    testq %rax, %rax
+    jz 4f
+    subq $16, %rsp
+    movw $0x7F, (%rsp)
+    movq %rax, 2(%rsp)
+    lgdt (%rsp)
+    addq $16, %rsp
+    pushq $0x10
+    leaq 5f(%rip), %rax
+    pushq %rax
+    lretq
+5:  movw $0x18, %ax
+    movw %ax, %ss
+    movw $0x2B, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %gs
+    movw $0x53, %ax
+    movw %ax, %fs
+4:
+    leaq gs_table(%rip), %rbx   # GS base = this CPU's KPCR (after loading GS, which clears it)
     movq (%rbx,%rdi,8), %rax
     movq %rax, %rdx
     shrq $32, %rdx
     movl $0xC0000101, %ecx
     wrmsr
-    lidt idt_desc(%rip)
+    leaq idt_table(%rip), %rbx
+    movq (%rbx,%rdi,8), %rax
+    testq %rax, %rax
+    jz 6f
+    subq $16, %rsp
+    movw $0xFFF, (%rsp)
+    movq %rax, 2(%rsp)
+    lidt (%rsp)
+    addq $16, %rsp
+6:
     movq %rdi, %rax             # recognisable registers for the dump checks
     movabsq $0x57494E4352415348, %r15    # 'WINCRASH'
 idle:
     hlt                         # IF is clear: only an NMI gets us out of here
     jmp idle
 
+    .org {NMI_HANDLER_OFFSET:#x}
 nmi_handler:
     movl $1, %eax
     xchgl %eax, LOCK_PA         # first CPU in wins, as in KeBugCheckEx
@@ -163,6 +201,10 @@ dead:
     .balign 8
 gs_table:
 {gs_table}
+gdt_table:
+{gdt_table}
+idt_table:
+{idt_table}
 
     .balign 16
 gdt:
