@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -131,22 +131,36 @@ def write_full(source: PhysicalSource, header: HeaderFields, patches: list[tuple
     return result
 
 
+def page_extents(source: PhysicalSource, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(guest-physical address, file offset, length) of the data in [start, end), widened to whole pages.
+
+    A file's data extents follow the file's block boundaries, which need not match guest pages
+    (QEMU's ELF segments start at arbitrary file offsets), so each extent is widened to the guest
+    pages it touches.
+    """
+    for pa, length, off in source.pieces(start, end):
+        if off is None:
+            continue
+        for data_off, n in source.data_extents(off, length):
+            lo = pa + (data_off - off)
+            hi = lo + n
+            lo, hi = max(pa, lo & ~(PAGE_SIZE - 1)), min(pa + length, (hi + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+            yield lo, off + (lo - pa), hi - lo
+
+
 def present_pages(source: PhysicalSource, runs: list[tuple[int, int]], patched: set[int],
                   advance: Callable[[int], None]) -> list[int]:
     """PFNs of the runs whose final content is not all zeros (patched pages always count)."""
     present: set[int] = set(p for p in patched if any(b <= p < b + c for b, c in runs))
     for base, count in runs:
-        for pa, length, off in source.pieces(base * PAGE_SIZE, (base + count) * PAGE_SIZE):
-            if off is not None:
-                for data_off, n in source.data_extents(off, length):
-                    first_pfn = (pa + data_off - off) // PAGE_SIZE
-                    for chunk_at in range(0, n, SCAN_CHUNK):
-                        data = os.pread(source.fileno, min(SCAN_CHUNK, n - chunk_at), data_off + chunk_at)
-                        for p in range(0, len(data), PAGE_SIZE):
-                            page = data[p:p + PAGE_SIZE]
-                            if page != ZERO_PAGE[:len(page)]:
-                                present.add(first_pfn + (chunk_at + p) // PAGE_SIZE)
-            advance(length)
+        for pa, file_off, n in page_extents(source, base * PAGE_SIZE, (base + count) * PAGE_SIZE):
+            for chunk_at in range(0, n, SCAN_CHUNK):
+                data = os.pread(source.fileno, min(SCAN_CHUNK, n - chunk_at), file_off + chunk_at)
+                for p in range(0, len(data), PAGE_SIZE):
+                    page = data[p:p + PAGE_SIZE]
+                    if page != ZERO_PAGE[:len(page)]:
+                        present.add((pa + chunk_at + p) // PAGE_SIZE)
+        advance(count * PAGE_SIZE)
     return sorted(present)
 
 
