@@ -98,6 +98,28 @@ def dump(
 
 
 @app.command()
+def capture(
+    vm: VmArg,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output MEMORY.DMP (default: MEMORY.DMP in the current directory).")] = None,
+    crash: Annotated[bool, typer.Option(
+        "--crash", help="First inject an NMI and wait for the panic, so the dump holds bugcheck 0x80.")] = False,
+    keep_elf: Annotated[bool, typer.Option("--keep-elf", help="Keep QEMU's ELF dump next to the output.")] = False,
+    wait: Annotated[float, typer.Option(
+        "--wait", metavar="SECONDS", help="With --crash: how long to wait for the panic.")] = 120,
+    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1) or bitmap (DumpType 5).")] = "full",
+    connect: ConnectOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output files.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """One shot for runbooks: [NMI + wait for the panic,] dump memory, convert to MEMORY.DMP, show `info`."""
+    from wincrash.capture.capturecmd import run_capture
+    from wincrash.capture.render import print_capture
+
+    print_capture(run_capture(vm, connect, output, crash, keep_elf, wait, fmt, force), as_json=json_out)
+
+
+@app.command()
 def convert(
     input_file: Annotated[Path, typer.Argument(
         metavar="INPUT", help="QEMU dump-guest-memory ELF (or virsh dump --memory-only), raw image or DMP.")],

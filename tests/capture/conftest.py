@@ -13,7 +13,7 @@ import pytest
 # capture_helpers.py sits beside this file; tests import it by its (unique) name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wincrash.testguest.memory import trivial_memory
+from wincrash.testguest.memory import GuestMemory, trivial_memory
 from wincrash.testguest.vm import TestGuest
 
 
@@ -33,8 +33,10 @@ def make_guest(short_dir: Path) -> Iterator[Callable[..., TestGuest]]:
             pytest.skip(f"{tool} is not installed")
     started: list[TestGuest] = []
 
-    def make(name: str = "vm", cpus: int = 2, with_os: bool = True, **kw: object) -> TestGuest:
-        memory = trivial_memory(cpus) if with_os else None
+    def make(name: str = "vm", cpus: int = 2, with_os: bool = True, memory: GuestMemory | None = None,
+             **kw: object) -> TestGuest:
+        if memory is None and with_os:
+            memory = trivial_memory(cpus)
         guest = TestGuest(short_dir / name, memory=memory, with_os=with_os, **kw)  # type: ignore[arg-type]
         started.append(guest)
         return guest.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -22,14 +23,29 @@ def print_nmi(result: NmiResult, as_json: bool) -> None:
         typer.echo(f"note: {GUEST_NEEDS_KEYS if result.method == 'keyboard' else GUEST_NEEDS_NMI}")
 
 
-def print_dump(result: DumpResult, as_json: bool) -> None:
+def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> None:
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
-    typer.echo(f"wrote {result.path} ({result.format}, {result.size / 2**20:,.1f} MiB from "
+    typer.echo(f"{label or f'wrote {result.path}'} ({result.format}, {result.size / 2**20:,.1f} MiB from "
                f"{result.guest_ram / 2**20:,.0f} MiB of guest RAM) in {result.seconds:.1f} s "
                f"({result.throughput / 2**20:,.0f} MiB/s)")
     if result.paused_seconds is not None:
         typer.echo(f"the guest was paused for {result.paused_seconds:.2f} s and is {result.status_after} again")
     else:
         typer.echo(f"the guest was already stopped ({result.status_before}) and stays {result.status_after}")
+
+
+def print_capture(result: Any, as_json: bool) -> None:
+    """The capture summary, then `wincrash info` of the new MEMORY.DMP (what the engineer sends on)."""
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    from wincrash.info import describe_file
+    from wincrash.info.render import print_report
+
+    if result.panic is not None:
+        typer.echo(result.panic.describe())
+    print_dump(result.dump, as_json=False, label=f"kept {result.elf_kept}" if result.elf_kept else "dumped memory")
+    typer.echo(f"wrote {result.conversion.output}: bugcheck {result.conversion.bugcheck}")
+    print_report(describe_file(result.conversion.output), as_json=False)
