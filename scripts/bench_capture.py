@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Measure what `wincrash dump` / `capture` cost: guest pause time and dump throughput.
+
+Not a test: numbers for the issue note. Runs real qemu-system-x86_64 (TCG) guests:
+- "no OS" guests (anonymous RAM, SeaBIOS idle) of each size: `wincrash dump` over the UNIX socket
+  (pipe, wincrash writes the file) and over TCP (QEMU writes the file itself);
+- the synthetic Windows guest: `wincrash capture --crash` end to end against doing the same by hand
+  (`wincrash nmi --wait`, `wincrash dump`, `wincrash convert`).
+
+Usage: .venv/bin/python scripts/bench_capture.py [--sizes 2048,4096] [--capture-mib 2048] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from wincrash.testguest.memory import synth_memory  # noqa: E402
+from wincrash.testguest.vm import TestGuest  # noqa: E402
+
+
+def wincrash(*args: object) -> tuple[float, dict]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "wincrash", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"wincrash {args} failed: {proc.stderr}")
+    return took, (json.loads(proc.stdout) if "--json" in args else {})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_dump(work: Path, mib: int) -> list[dict]:
+    rows = []
+    port = free_port()
+    with TestGuest(work / f"noos{mib}", with_os=False, ram_mib=mib,
+                   extra_args=["-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off"]) as guest:
+        time.sleep(2)  # let SeaBIOS settle
+        for how, vm in (("unix socket, pipe -> wincrash writes", guest.qmp_path),
+                        ("tcp, QEMU writes the file", f"tcp:127.0.0.1:{port}")):
+            out = work / f"d{mib}.elf"
+            took, res = wincrash("dump", vm, "-o", out, "--json", "--force")
+            rows.append({"guest_mib": mib, "path": how, "seconds": res["seconds"], "wall_seconds": round(took, 2),
+                         "paused_seconds": res["paused_seconds"], "mib_per_s": res["throughput_mib_s"]})
+            out.unlink()
+    return rows
+
+
+def bench_capture(work: Path, mib: int) -> dict:
+    results = {}
+    for mode in ("by hand", "capture", "by hand ", "capture "):  # alternate: page cache and writeback even out
+        os.sync()
+        memory = synth_memory(cpus=2, ram_mib=mib, seed=7)
+        with TestGuest(work / f"syn{mode[0]}", memory=memory, ram_mib=mib) as guest:
+            out = work / "MEMORY.DMP"
+            if mode == "capture":
+                took, _ = wincrash("capture", guest.qmp_path, "-o", out, "--crash", "--force", "--json")
+            else:
+                t1, _ = wincrash("nmi", guest.qmp_path, "--wait", "30", "--json")
+                t2, _ = wincrash("dump", guest.qmp_path, "-o", work / "v.elf", "--force", "--json")
+                t3, _ = wincrash("convert", work / "v.elf", "-o", out, "--force", "--json")
+                took = t1 + t2 + t3
+                (work / "v.elf").unlink()
+            out.unlink()
+            results.setdefault(mode.strip(), []).append(round(took, 2))
+    return {"guest_mib": mib, **{k: min(v) for k, v in results.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="2048,4096")
+    ap.add_argument("--capture-mib", type=int, default=2048)
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (needs ~2x the largest guest free)")
+    args = ap.parse_args()
+    work = args.dir or Path(tempfile.mkdtemp(prefix="wcbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = [r for mib in map(int, filter(None, args.sizes.split(","))) for r in bench_dump(work, mib)]
+        cap = bench_capture(work, args.capture_mib)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{'guest':>7}  {'path':<38} {'dump s':>7} {'paused s':>9} {'MiB/s':>7}")
+    for r in rows:
+        print(f"{r['guest_mib']:>5}Mi  {r['path']:<38} {r['seconds']:>7.2f} {r['paused_seconds']:>9.2f} "
+              f"{r['mib_per_s']:>7.0f}")
+    print(f"capture --crash of a {cap['guest_mib']} MiB synthetic Windows: {cap['capture']} s end to end, "
+          f"{cap['by hand']} s by hand (nmi --wait + dump + convert)")
+    print(json.dumps({"dump": rows, "capture": cap, "cpus": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
