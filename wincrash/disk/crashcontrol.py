@@ -24,7 +24,9 @@ from wincrash.disk.locate import (
     CRASH_CONTROL,
     WindowsInstall,
     inspect_windows,
+    mount_all,
     mount_point,
+    ntfs_devices,
     parse_paging_files,
     read_settings,
     scan_for_windows,
@@ -145,13 +147,11 @@ def check_pagefile(install: WindowsInstall, dump: str, ram: int | None,
 
 
 def _install(g: Any, disk: Path) -> tuple[WindowsInstall, list[str]]:
-    installs = inspect_windows(g)
-    devices = sorted(dev for dev, fstype in g.list_filesystems().items() if fstype == "ntfs")
+    devices = ntfs_devices(g)
     if not devices:
         raise WincrashError(f"{disk}: no NTFS filesystem")
-    for dev in devices:
-        g.mkmountpoint(mount_point(dev))
-        guestfs_call(f"{dev}: cannot mount NTFS", g.mount_ro, dev, mount_point(dev))
+    installs = inspect_windows(g)
+    mount_all(g, devices)
     installs = [i for i in installs if i.device in devices] or scan_for_windows(g, devices)
     if not installs:
         raise WincrashError(f"{disk}: no Windows installation on the NTFS filesystems ({', '.join(devices)})")

@@ -23,8 +23,9 @@ from wincrash.disk.locate import (
     WindowsInstall,
     inspect_windows,
     locate_files,
+    mount_all,
     mount_point,
-    ntfs_filesystems,
+    ntfs_devices,
     read_settings,
     scan_for_windows,
     unlock_bitlocker,
@@ -87,8 +88,9 @@ def _prepare_dir(path: Path) -> None:
 
 def _find_windows(g: Any, recovery_key: str | None, images: list[ImageInfo]) -> tuple[list[WindowsInstall], list[str]]:
     locked = unlock_bitlocker(g, recovery_key)
+    devices = ntfs_devices(g)
     installs = inspect_windows(g)
-    devices = ntfs_filesystems(g)
+    mount_all(g, devices)
     names = ", ".join(str(i.path) for i in images)
     if locked and not installs and not any(d for d in devices):
         raise WincrashError(f"{', '.join(locked)}: BitLocker-encrypted volume; give its 48-digit recovery key "

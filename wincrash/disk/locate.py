@@ -84,14 +84,22 @@ def unlock_bitlocker(g: Any, recovery_key: str | None) -> list[str]:
     return []
 
 
-def ntfs_filesystems(g: Any) -> list[str]:
-    """Every NTFS filesystem the appliance sees, mounted read-only under its own mount point."""
+def ntfs_devices(g: Any) -> list[str]:
+    """Every NTFS filesystem the appliance sees, each given its own mount point.
+
+    The mount points must be made before anything is mounted, and inspection mounts things,
+    so call this first, then inspect_windows, then mount_all.
+    """
     devices = sorted(dev for dev, fstype in g.list_filesystems().items() if fstype == "ntfs")
     for dev in devices:
-        point = mount_point(dev)
-        g.mkmountpoint(point)
-        guestfs_call(f"{dev}: cannot mount NTFS read-only (hibernated or damaged?)", g.mount_ro, dev, point)
+        g.mkmountpoint(mount_point(dev))
     return devices
+
+
+def mount_all(g: Any, devices: list[str]) -> None:
+    """Mount every NTFS filesystem read-only under its mount point."""
+    for dev in devices:
+        guestfs_call(f"{dev}: cannot mount NTFS read-only (damaged filesystem?)", g.mount_ro, dev, mount_point(dev))
 
 
 def _real_path(g: Any, path: str) -> str | None:
