@@ -318,3 +318,17 @@ def test_raw_image_matches_elf(tmp_path, open_memory, guest_file) -> None:
             fh.seek(pa & ~0xFFF)
             assert fh.read(0x1000) == mem.phys(pa & ~0xFFF, 0x1000)
     assert raw.stat().st_size == 0x100000000 + 3 * 2**30
+
+
+def test_filler_chunks_for_benchmarks(tmp_path, open_memory) -> None:
+    guest = generate(GuestSpec(build=19041, cpus=1, ram_mib=2048, seed=6, filler_mib=32))
+    path = tmp_path / "f.elf"
+    with path.open("wb") as fh:
+        write_qemu_elf(fh, guest)
+    chunks = guest.truth["filler_chunks"]
+    assert len(chunks) == 16 and all(c % 0x200000 == 0 for c in chunks)
+    mem = open_memory(path, guest.truth["dtb"])
+    seed = guest.mem.filler[chunks[3] // 0x1000]
+    assert mem.phys(chunks[3], 0x200000) == guest.mem.filler_bytes(seed)
+    runs = guest.truth["windows_runs"]
+    assert all(any(b <= c // 0x1000 and c // 0x1000 + 512 <= b + n for b, n in runs) for c in chunks)

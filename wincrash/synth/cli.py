@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--crashed", action="store_true", help="KiBugCheckData holds a bugcheck (default 0x80 NMI)")
     p.add_argument("--bugcheck-code", type=_int, default=0x80)
+    p.add_argument("--filler-mib", type=int, default=0,
+                   help="MiB of random-content RAM pages (benchmarks; written, never held in memory)")
     p.add_argument("--hyperv", action="store_true", help="(not implemented yet)")
     p.add_argument("--out", type=Path, required=True, help="QEMU ELF dump to write")
     p.add_argument("--truth", type=Path, help="also write the ground truth as JSON")
@@ -38,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     spec = GuestSpec(build=args.build, cpus=args.cpus, ram_mib=args.ram_mib, seed=args.seed, crashed=args.crashed,
-                     bugcheck_code=args.bugcheck_code, hyperv=args.hyperv)
+                     bugcheck_code=args.bugcheck_code, hyperv=args.hyperv,
+                     filler_mib=args.filler_mib)
     try:
         try:
             spec.validate()
@@ -57,6 +60,7 @@ def run(argv: list[str] | None = None) -> int:
     except WincrashError as exc:
         print(f"make_guest: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    pages = len(guest.mem.pages) + 512 * len(guest.mem.filler)
     print(f"{args.out}: build {spec.build}, {spec.cpus} vCPU, {spec.ram_mib} MiB ({size:,} bytes, "
-          f"{len(guest.mem.pages)} pages with data) in {time.monotonic() - start:.2f} s", file=sys.stderr)
+          f"{pages} pages with data) in {time.monotonic() - start:.2f} s", file=sys.stderr)
     return 0

@@ -68,6 +68,7 @@ class GuestSpec:
     bugcheck_code: int = NMI_HARDWARE_FAILURE
     hyperv: bool = False
     noise_pages: int | None = None
+    filler_mib: int = 0  # extra random-content RAM (benchmarks): generated while writing, not held in memory
 
     def validate(self) -> None:
         if self.build not in SUPPORTED_BUILDS:
@@ -76,6 +77,8 @@ class GuestSpec:
             raise ValueError("cpus must be 1..64")
         if not 256 <= self.ram_mib <= 65536 or self.ram_mib % 2:
             raise ValueError("ram_mib must be an even number from 256 to 65536")
+        if not 0 <= self.filler_mib <= self.ram_mib // 2:
+            raise ValueError("filler_mib must be between 0 and half the RAM")
         if self.hyperv:
             raise NotImplementedError("hyperv guests are not implemented yet")
 
@@ -558,6 +561,9 @@ class _Builder:
         mem.write(0xFFFF0000, rng.randbytes(PAGE))
         mem.write(0xFFFFF000, rng.randbytes(PAGE - 16) + b"\xea\x5b\xe0\x00\xf0" + bytes(11))
         self.truth["decoys"] = decoys
+        for _ in range(self.spec.filler_mib * MIB // LARGE):
+            mem.filler[self.alloc.large() // PAGE] = rng.getrandbits(64)
+        self.truth["filler_chunks"] = sorted(pfn * PAGE for pfn in mem.filler)
 
 
 def generate(spec: GuestSpec) -> Guest:

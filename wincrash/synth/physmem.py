@@ -20,6 +20,13 @@ class PageMap:
 
     def __init__(self) -> None:
         self.pages: dict[int, bytearray] = {}
+        # Bulk filler (benchmarks): {first pfn of a 2 MiB chunk: seed}; the random bytes are made only
+        # while writing, so gigabytes of "used" RAM cost no memory here.
+        self.filler: dict[int, int] = {}
+
+    @staticmethod
+    def filler_bytes(seed: int) -> bytes:
+        return random.Random(seed).randbytes(LARGE)
 
     def page(self, pfn: int) -> bytearray:
         buf = self.pages.get(pfn)

@@ -69,15 +69,17 @@ def elf_layout(guest: Guest) -> tuple[bytes, list[tuple[int, int, int]], int]:
 
 def _write_pages(fd: int, guest: Guest, placed: list[tuple[int, int, int]]) -> int:
     written = 0
-    for pfn in sorted(guest.mem.pages):
-        page = guest.mem.pages[pfn]
-        if not any(page):
+    pieces = [(pfn, lambda pfn=pfn: guest.mem.pages[pfn]) for pfn in guest.mem.pages]
+    pieces += [(pfn, lambda seed=seed: guest.mem.filler_bytes(seed)) for pfn, seed in guest.mem.filler.items()]
+    for pfn, content in sorted(pieces, key=lambda x: x[0]):
+        data = content()
+        if not any(data):
             continue
         pa = pfn * PAGE
         for paddr, size, off in placed:
-            if paddr <= pa < paddr + size:
-                os.pwrite(fd, page, off + pa - paddr)
-                written += 1
+            if paddr <= pa and pa + len(data) <= paddr + size:
+                os.pwrite(fd, data, off + pa - paddr)
+                written += len(data) // PAGE
                 break
         else:
             raise ValueError(f"page {pa:#x} lies outside guest RAM")
