@@ -19,8 +19,6 @@ from wincrash.dump.header import HeaderFields
 from wincrash.dump.writer import (
     bitmap_layout,
     data_bytes_in_runs,
-    patch_pages,
-    present_pages,
     write_bitmap,
     write_full,
 )
@@ -196,19 +194,18 @@ def _write(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int
            force: bool, progress: bool, result: ConversionResult) -> None:
     run_bytes = sum(c for _, c in header.runs) * PAGE_SIZE
     t0 = time.monotonic()
+    # What the output will occupy at most: the input's data inside the runs (holes stay holes in a full
+    # dump and are left out of a bitmap dump) plus the patched pages and the headers.
+    needed = data_bytes_in_runs(source, header.runs) + len(patches) * PAGE_SIZE
     if fmt == "full":
-        check_free_space(output, DUMP_HEADER64_SIZE + data_bytes_in_runs(source, header.runs)
-                         + len(patches) * PAGE_SIZE)
+        check_free_space(output, DUMP_HEADER64_SIZE + needed)
         with atomic_output(output, force) as out, byte_progress("writing full dump", run_bytes, progress) as adv:
             written = write_full(source, header, patches, out, adv)
     else:
-        patched = set(patch_pages(patches))
-        with byte_progress("finding zero pages", run_bytes, progress) as adv:
-            present = present_pages(source, header.runs, patched, adv)
-        check_free_space(output, bitmap_layout(header.runs, len(present))[2])
+        check_free_space(output, bitmap_layout(header.runs, 0)[1] + needed)
         with atomic_output(output, force) as out, \
-                byte_progress("writing bitmap dump", len(present) * PAGE_SIZE, progress) as adv:
-            written = write_bitmap(source, header, patches, present, out, adv)
+                byte_progress("writing bitmap dump", run_bytes, progress) as adv:
+            written = write_bitmap(source, header, patches, out, adv)
     result.seconds_writing = time.monotonic() - t0
     result.file_size, result.pages_in_runs = written.file_size, written.pages_in_runs
     result.pages_written, result.pages_left_out = written.pages_written, written.pages_left_out

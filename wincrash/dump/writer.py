@@ -9,6 +9,7 @@ image, so a patched page is always present.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 from collections.abc import Callable, Iterator
@@ -148,22 +149,6 @@ def page_extents(source: PhysicalSource, start: int, end: int) -> Iterator[tuple
             yield lo, off + (lo - pa), hi - lo
 
 
-def present_pages(source: PhysicalSource, runs: list[tuple[int, int]], patched: set[int],
-                  advance: Callable[[int], None]) -> list[int]:
-    """PFNs of the runs whose final content is not all zeros (patched pages always count)."""
-    present: set[int] = set(p for p in patched if any(b <= p < b + c for b, c in runs))
-    for base, count in runs:
-        for pa, file_off, n in page_extents(source, base * PAGE_SIZE, (base + count) * PAGE_SIZE):
-            for chunk_at in range(0, n, SCAN_CHUNK):
-                data = os.pread(source.fileno, min(SCAN_CHUNK, n - chunk_at), file_off + chunk_at)
-                for p in range(0, len(data), PAGE_SIZE):
-                    page = data[p:p + PAGE_SIZE]
-                    if page != ZERO_PAGE[:len(page)]:
-                        present.add((pa + chunk_at + p) // PAGE_SIZE)
-        advance(count * PAGE_SIZE)
-    return sorted(present)
-
-
 def bitmap_layout(runs: list[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
     """(total bitmap bits, first page file offset, file size) of a bitmap dump."""
     bits = max(b + c for b, c in runs)
@@ -172,40 +157,66 @@ def bitmap_layout(runs: list[tuple[int, int]], npresent: int) -> tuple[int, int,
     return bits, first, first + npresent * PAGE_SIZE
 
 
-def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]],
-                 present: list[int], out: BinaryIO, advance: Callable[[int], None]) -> WriteResult:
-    """DumpType 5 ('FDMP'): header, summary, bitmap, then the present pages in ascending PFN order."""
-    runs = header.runs
-    bits, first, size = bitmap_layout(runs, len(present))
+def _bitmap_sources(source: PhysicalSource, base: int, count: int,
+                    patched: dict[int, list[tuple[int, bytes]]]) -> list[tuple[int, int | None, int]]:
+    """Page-aligned (pa, file offset or None, length) pieces of one run that may hold non-zero pages.
+
+    Data extents of the input, plus single zero pages that a patch makes non-zero, in address order.
+    """
+    pieces: list[tuple[int, int | None, int]] = list(page_extents(source, base * PAGE_SIZE, (base + count) * PAGE_SIZE))
+    starts = [pa for pa, _o, _n in pieces]
+    for pfn in patched:
+        if not base <= pfn < base + count:
+            continue
+        i = bisect.bisect_right(starts, pfn * PAGE_SIZE) - 1
+        if i >= 0 and pieces[i][0] <= pfn * PAGE_SIZE < pieces[i][0] + pieces[i][2]:
+            continue
+        pieces.append((pfn * PAGE_SIZE, None, PAGE_SIZE))
+    pieces.sort()
+    return pieces
+
+
+def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]], out: BinaryIO,
+                 advance: Callable[[int], None]) -> WriteResult:
+    """DumpType 5 ('FDMP') in one pass over the input.
+
+    The first page's file offset depends only on the bitmap's size (highest PFN + 1), so present
+    pages are written as they are found, each input byte read once; the header, summary and bitmap
+    are written last, when the count of present pages is known. Zero pages are decided on the final
+    image: a patched page is always present.
+    """
+    runs = sorted(header.runs)
+    bits, first, _ = bitmap_layout(runs, 0)
+    bitmap = bytearray((bits + 7) // 8)
+    edits = patch_pages(patches)
+    dst = out.fileno()
+    written = 0
+    for base, count in runs:
+        for pa, file_off, n in _bitmap_sources(source, base, count, edits):
+            for chunk_at in range(0, n, SCAN_CHUNK):
+                size = min(SCAN_CHUNK, n - chunk_at)
+                data = os.pread(source.fileno, size, file_off + chunk_at) if file_off is not None else bytes(size)
+                data = data.ljust(size, b"\0")
+                batch = bytearray()
+                for p in range(0, size, PAGE_SIZE):
+                    pfn = (pa + chunk_at + p) // PAGE_SIZE
+                    page = data[p:p + PAGE_SIZE]
+                    if pfn in edits:
+                        page = _apply(page, edits[pfn])
+                    elif page == ZERO_PAGE:
+                        continue
+                    bitmap[pfn >> 3] |= 1 << (pfn & 7)
+                    batch += page
+                if batch:
+                    os.pwrite(dst, batch, first + written * PAGE_SIZE)
+                    written += len(batch) // PAGE_SIZE
+        advance(count * PAGE_SIZE)
+    size = first + written * PAGE_SIZE
     header.dump_type = DUMP_TYPE_BITMAP
     header.required_dump_space = size
-    bitmap = bytearray((bits + 7) // 8)
-    for pfn in present:
-        bitmap[pfn >> 3] |= 1 << (pfn & 7)
-    out.write(build_header64(header))
-    out.write(build_bitmap_summary(BITMAP_FULL_SIGNATURE, first, len(present), bits))
-    out.write(bitmap)
-    out.flush()
-    dst = out.fileno()
-    edits = patch_pages(patches)
-    i = 0
-    while i < len(present):
-        j = i  # extend a run of consecutive pfns with no patches
-        while j + 1 < len(present) and present[j + 1] == present[j] + 1 and present[j + 1] not in edits \
-                and present[i] not in edits:
-            j += 1
-        start_pfn, npages = present[i], j - i + 1
-        dst_off = first + i * PAGE_SIZE
-        if start_pfn in edits:
-            page = _apply(source.read(start_pfn * PAGE_SIZE, PAGE_SIZE), edits[start_pfn])
-            os.pwrite(dst, page, dst_off)
-        else:
-            for pa, length, off in source.pieces(start_pfn * PAGE_SIZE, (start_pfn + npages) * PAGE_SIZE):
-                if off is not None:
-                    copy_range(source.fileno, off, dst, dst_off + pa - start_pfn * PAGE_SIZE, length)
-        advance(npages * PAGE_SIZE)
-        i = j + 1
+    os.pwrite(dst, build_header64(header) + build_bitmap_summary(BITMAP_FULL_SIGNATURE, first, written, bits)
+              + bytes(bitmap), 0)
     os.ftruncate(dst, size)
     total = sum(c for _, c in runs)
     lost = [pfn * PAGE_SIZE for pfn in edits if not any(b <= pfn < b + c for b, c in runs)]
-    return WriteResult(DUMP_TYPE_BITMAP, size, total, len(present), total - len(present), lost)
+    return WriteResult(DUMP_TYPE_BITMAP, size, total, written, total - written, lost)
