@@ -63,7 +63,9 @@ def test_make_guest_cli_errors_are_one_line(tmp_path: Path) -> None:
     out = tmp_path / "g.elf"
     out.write_bytes(b"keep")
     for args in (["--out", str(out)], ["--cpus", "65", "--out", str(tmp_path / "x.elf")],
-                 ["--hyperv", "--out", str(tmp_path / "y.elf")],
+                 ["--hv-cpus", "0", "--out", str(tmp_path / "y.elf")],
+                 ["--hyperv", "--hv-cpus", "0,2", "--out", str(tmp_path / "w.elf")],
+                 ["--hyperv", "--hv-cpus", "zero", "--out", str(tmp_path / "v.elf")],
                  ["--ram-mib", "100", "--out", str(tmp_path / "z.elf")]):
         proc = _make_guest(*args)
         assert proc.returncode == 2

@@ -18,6 +18,15 @@ def _int(text: str) -> int:
     return int(text, 0)
 
 
+def _cpu_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x, 0) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise WincrashError(f"--hv-cpus: not a comma-separated list of CPU numbers: {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_guest.py", description=(
         "Generate a synthetic Windows x64 guest as a QEMU dump-guest-memory ELF (sparse), with its ground truth."))
@@ -29,7 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bugcheck-code", type=_int, default=0x80)
     p.add_argument("--filler-mib", type=int, default=0,
                    help="MiB of random-content RAM pages (benchmarks; written, never held in memory)")
-    p.add_argument("--hyperv", action="store_true", help="(not implemented yet)")
+    p.add_argument("--hyperv", action="store_true",
+                   help="root partition under Hyper-V with VBS: hvix64 and securekernel address spaces")
+    p.add_argument("--hv-cpus", default=None,
+                   help="with --hyperv: comma-separated vCPUs whose QEMU notes hold the hypervisor's state "
+                        "(default: all)")
     p.add_argument("--out", type=Path, required=True, help="QEMU ELF dump to write")
     p.add_argument("--truth", type=Path, help="also write the ground truth as JSON")
     p.add_argument("--raw", type=Path, help="also write a raw physical memory image")
@@ -39,13 +52,13 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    spec = GuestSpec(build=args.build, cpus=args.cpus, ram_mib=args.ram_mib, seed=args.seed, crashed=args.crashed,
-                     bugcheck_code=args.bugcheck_code, hyperv=args.hyperv,
-                     filler_mib=args.filler_mib)
     try:
+        spec = GuestSpec(build=args.build, cpus=args.cpus, ram_mib=args.ram_mib, seed=args.seed,
+                         crashed=args.crashed, bugcheck_code=args.bugcheck_code, hyperv=args.hyperv,
+                         hv_cpus=_cpu_list(args.hv_cpus), filler_mib=args.filler_mib)
         try:
             spec.validate()
-        except (ValueError, NotImplementedError) as exc:
+        except ValueError as exc:
             raise WincrashError(str(exc)) from exc
         start = time.monotonic()
         guest = generate(spec)
@@ -61,6 +74,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"make_guest: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     pages = len(guest.mem.pages) + 512 * len(guest.mem.filler)
-    print(f"{args.out}: build {spec.build}, {spec.cpus} vCPU, {spec.ram_mib} MiB ({size:,} bytes, "
+    hv = f", Hyper-V (hypervisor context: CPUs {guest.truth['hyperv']['hv_cpus']})" if spec.hyperv else ""
+    print(f"{args.out}: build {spec.build}, {spec.cpus} vCPU, {spec.ram_mib} MiB{hv} ({size:,} bytes, "
           f"{pages} pages with data) in {time.monotonic() - start:.2f} s", file=sys.stderr)
     return 0

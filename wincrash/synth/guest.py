@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from construct import Container
 
 from parsers.kdbg import DBGKD_GET_VERSION64, KDDEBUGGER_DATA64, KDDEBUGGER_DATA64_FIELD_NAMES
-from wincrash.synth import kdbg_codec, pe
+from wincrash.synth import hyperv, kdbg_codec, pe
 from wincrash.synth.cpu import GPRS, CpuState, gdt_bytes, idt_entry, kernel_segments
 from wincrash.synth.layout import MIB, RamLayout, make_layout
 from wincrash.synth.paging import (
@@ -58,7 +58,8 @@ DRIVERS = ("hal.dll", "kdcom.dll", "CI.dll", "ACPI.sys", "storport.sys", "disk.s
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """What to generate. ``hyperv`` (a guest with the Hyper-V role, VBS) is reserved, not implemented."""
+    """What to generate. ``hyperv``: a root partition under Hyper-V with VBS (see wincrash.synth.hyperv);
+    ``hv_cpus``: which vCPUs' QEMU notes hold the hypervisor's state (None: all of them)."""
 
     build: int = 19041
     cpus: int = 2
@@ -69,6 +70,7 @@ class GuestSpec:
     hyperv: bool = False
     noise_pages: int | None = None
     filler_mib: int = 0  # extra random-content RAM (benchmarks): generated while writing, not held in memory
+    hv_cpus: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         if self.build not in SUPPORTED_BUILDS:
@@ -79,8 +81,11 @@ class GuestSpec:
             raise ValueError("ram_mib must be an even number from 256 to 65536")
         if not 0 <= self.filler_mib <= self.ram_mib // 2:
             raise ValueError("filler_mib must be between 0 and half the RAM")
-        if self.hyperv:
-            raise NotImplementedError("hyperv guests are not implemented yet")
+        if self.hv_cpus is not None:
+            if not self.hyperv:
+                raise ValueError("hv_cpus needs a hyperv guest")
+            if len(set(self.hv_cpus)) != len(self.hv_cpus) or not all(0 <= c < self.cpus for c in self.hv_cpus):
+                raise ValueError(f"hv_cpus must be distinct CPU numbers from 0 to {self.cpus - 1}")
 
 
 @dataclass
@@ -108,6 +113,9 @@ class _Builder:
         self.wb: WindowsBuild = get_build(spec.build)
         self.rng = random.Random(f"wincrash-synth/{spec.seed}/{spec.build}/{spec.cpus}/{spec.ram_mib}")
         self.layout = make_layout(spec.ram_mib * MIB, self.rng)
+        if spec.hyperv:
+            self.layout, self.hv_range, self.sk_range = hyperv.carve(self.layout, self.rng)
+        self.nt_contexts: list[dict] = []
         self.mem = PageMap()
         self.alloc = PhysAllocator(list(self.layout.windows_runs), self.rng)
         self.truth: dict = {}
@@ -456,6 +464,8 @@ class _Builder:
             state = CpuState(index=i, regs=regs, segments=kernel_segments(kpcr, gdt, idt, tss),
                              cr=[0x80050033, 0, cr2, s.dtb, cr4], kernel_gs_base=kgs)
             self.cpu_states.append(state)
+            if self.spec.hyperv:
+                self.nt_contexts.append(hyperv.write_processor_state(self, i, prcb, state))
             kprcbs.append(prcb)
             cpu_truth.append({"index": i, "kpcr": kpcr, "kpcr_pa": s.pa(kpcr), "kprcb": prcb, "kprcb_pa": s.pa(prcb),
                               "context_va": context, "context_pa": s.pa(context), "current_thread": thread,
@@ -580,6 +590,8 @@ def generate(spec: GuestSpec) -> Guest:
     b.kuser()
     b.processors()
     b.debugger_data()
+    if spec.hyperv:
+        hyperv.build(b)
     b.noise()
     layout = b.layout
     symbols = {name: b.sym(name) for name in DATA_SYMBOLS + ("NtBuildNumber", "NtBuildLab")}
@@ -595,4 +607,6 @@ def generate(spec: GuestSpec) -> Guest:
         "ps_loaded_module_list": b.sym("PsLoadedModuleList"), "ps_active_process_head": b.sym("PsActiveProcessHead"),
         **b.truth,
     }
+    if spec.hyperv:
+        truth["spec"].update(hyperv=True, hv_cpus=truth["hyperv"]["hv_cpus"])
     return Guest(spec=spec, layout=layout, mem=b.mem, cpus=b.cpu_states, truth=truth)

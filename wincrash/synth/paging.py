@@ -37,13 +37,15 @@ def pte_base(self_ref: int) -> int:
 class AddressSpace:
     """One x64 address space (the kernel half Windows shares between processes)."""
 
-    def __init__(self, mem: PageMap, alloc: PhysAllocator, self_ref: int, self_ref_nx: bool) -> None:
+    def __init__(self, mem: PageMap, alloc: PhysAllocator, self_ref: int | None, self_ref_nx: bool) -> None:
+        """``self_ref=None`` builds a space without a self-reference entry (Hyper-V's own address space)."""
         self.mem = mem
         self.alloc = alloc
         self.self_ref = self_ref
         self.dtb = alloc.page()
         mem.page(self.dtb // PAGE)
-        self._set(self.dtb, self_ref, self.dtb | TABLE_FLAGS | (NX if self_ref_nx else 0))
+        if self_ref is not None:
+            self._set(self.dtb, self_ref, self.dtb | TABLE_FLAGS | (NX if self_ref_nx else 0))
         self.small: dict[int, int] = {}  # va page -> pa page
         self.large: dict[int, int] = {}  # 2 MiB va -> pa
 
