@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from helpers import run_wincrash
 
-pytestmark = [pytest.mark.guestfs, pytest.mark.slow]
-
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
     assert proc.returncode == 2, proc.stderr
@@ -25,6 +23,8 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) 
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.guestfs
+@pytest.mark.slow
 def test_mbr_qcow2_with_backing_file(disks, sha256, tmp_path: Path) -> None:
     before = {p: sha256(p) for p in (disks.top_a, disks.base_a)}
     out = tmp_path / "out"
@@ -72,6 +72,8 @@ def test_mbr_qcow2_with_backing_file(disks, sha256, tmp_path: Path) -> None:
     assert not [p.name for p in out.rglob(".*wincrash-partial*")]
 
 
+@pytest.mark.guestfs
+@pytest.mark.slow
 def test_gpt_damaged_windows_found_by_scan_and_pagefile_without_dump(disks, sha256, tmp_path: Path) -> None:
     """Two disks at once (the second has no NTFS); inspection fails, the scan finds Windows."""
     before = sha256(disks.disk_b)
@@ -89,12 +91,16 @@ def test_gpt_damaged_windows_found_by_scan_and_pagefile_without_dump(disks, sha2
     assert "no dump file at C:\\Windows\\MEMORY.DMP" in proc.stdout
 
 
+@pytest.mark.guestfs
+@pytest.mark.slow
 def test_no_ntfs(disks, tmp_path: Path) -> None:
     proc = run_wincrash("grab-pagefile", disks.disk_c, "-o", tmp_path)
     _assert_one_line_error(proc, "no NTFS filesystem", "ext4 on /dev/sda1")
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.guestfs
+@pytest.mark.slow
 def test_no_windows(disks, tmp_path: Path) -> None:
     proc = run_wincrash("grab-pagefile", disks.disk_d, "-o", tmp_path)
     _assert_one_line_error(proc, "no Windows installation", "/dev/sda1")
@@ -102,6 +108,8 @@ def test_no_windows(disks, tmp_path: Path) -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.guestfs
+@pytest.mark.slow
 def test_disk_in_use_by_running_vm(disks, sha256, tmp_path: Path) -> None:
     """A real QEMU holds the image lock: refuse with an explanation; --force-share reads anyway."""
     before = sha256(disks.top_a)

@@ -89,16 +89,16 @@ def _prepare_dir(path: Path) -> None:
 def _find_windows(g: Any, recovery_key: str | None, images: list[ImageInfo]) -> tuple[list[WindowsInstall], list[str]]:
     locked = unlock_bitlocker(g, recovery_key)
     devices = ntfs_devices(g)
-    installs = inspect_windows(g)
-    mount_all(g, devices)
     names = ", ".join(str(i.path) for i in images)
-    if locked and not installs and not any(d for d in devices):
-        raise WincrashError(f"{', '.join(locked)}: BitLocker-encrypted volume; give its 48-digit recovery key "
-                            "with --recovery-key")
     if not devices:
+        if locked:
+            raise WincrashError(f"{', '.join(locked)}: BitLocker-encrypted volume; give its 48-digit recovery key "
+                                "with --recovery-key")
         others = ", ".join(f"{fstype} on {dev}" for dev, fstype in sorted(g.list_filesystems().items())
                            if fstype != "unknown") or "none"
         raise WincrashError(f"{names}: no NTFS filesystem (filesystems found: {others})")
+    installs = inspect_windows(g)
+    mount_all(g, devices)
     installs = [i for i in installs if i.device in devices] or scan_for_windows(g, devices)
     if not installs:
         hint = f"; {', '.join(locked)} is BitLocker-encrypted (give --recovery-key)" if locked else ""
