@@ -185,6 +185,29 @@ def prepare(
     raise typer.Exit(run(disk, dump_type, nmi_crash, keyboard, no_auto_reboot, dry_run, ram, backup_dir, json_out))
 
 
+@app.command()
+def doctor(
+    vm: Annotated[str | None, typer.Argument(
+        help="Also check this VM: QMP socket path, tcp:HOST:PORT or libvirt domain name.")] = None,
+    connect: ConnectOpt = None,
+    dump_dir: Annotated[Path | None, typer.Option(
+        "--dump-dir", help="Where dumps will go, for the free-space check (default: current folder).")] = None,
+    host_root: Annotated[Path | None, typer.Option(
+        "--host-root", hidden=True, help="Read /sys, /proc and /dev below this folder (tests).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check the host (and a VM) for Windows crash dumps and Hyper-V in KVM; print the fix for each problem.
+
+    Exit 0 when every check passes, 1 when something needs fixing, 2 when doctor could not run.
+    """
+    from wincrash.doctor.render import print_doctor
+    from wincrash.doctor.run import run_doctor
+
+    report = run_doctor(vm, connect, dump_dir, host_root)
+    print_doctor(report, as_json=json_out)
+    raise typer.Exit(report.exit_code)
+
+
 def main() -> None:
     """Entry point: run the app and turn every failure into one line on stderr and an exit code.
 

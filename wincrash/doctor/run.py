@@ -1,0 +1,75 @@
+"""`wincrash doctor [VM]`: gather host facts (and the VM's, when one is given), then judge them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from wincrash.doctor import firmware as fw
+from wincrash.doctor.facts import VmFacts, data_dirs_from_argv, gather
+from wincrash.doctor.host import HostRoot, check_qemu_version, cpu_virt_flag, host_checks, qemu_binary_version
+from wincrash.doctor.monitor import open_monitor
+from wincrash.doctor.report import Check, DoctorReport
+from wincrash.doctor.vm import vm_checks
+
+
+def _firmware_check(facts: VmFacts | None, local: bool) -> Check:
+    """Find the firmware file the VM booted (or QEMU's default when no VM is given) and judge it."""
+    if facts is None:
+        dirs = fw.qemu_data_dirs(None)
+        if not dirs:
+            return fw.check_firmware(None, None, None, "no VM given and qemu-system-x86_64 is not installed")
+        path = fw.locate("bios-256k.bin", dirs)
+        return fw.check_firmware("default -bios", "bios-256k.bin", path,
+                                 "no VM given, and QEMU's default bios-256k.bin is not in its data directories")
+    if facts.pflash:
+        source, name = "pflash0", facts.pflash
+    elif facts.firmware_name:
+        source, name = "-bios", facts.firmware_name
+    else:
+        return fw.check_firmware(None, None, None, f"QEMU did not name its firmware "
+                                 f"({facts.unknown.get('firmware', 'empty /machine firmware property')})")
+    if not local:
+        return fw.check_firmware(source, name, None, f"{name} is on the VM's host, and that QEMU process is not "
+                                 "visible from here")
+    proc = facts.process
+    search: list[Path] = []
+    if proc is not None:
+        search += [(proc.cwd / d) if proc.cwd else Path(d) for d in data_dirs_from_argv(proc.argv)]
+        if proc.cwd is not None:
+            search.append(proc.cwd)
+    search += fw.qemu_data_dirs(proc.exe if proc else None)
+    if proc is not None and proc.cwd is not None and not Path(name).is_absolute():
+        name_path = proc.cwd / name
+        if name_path.is_file():
+            return fw.check_firmware(source, name, name_path, None)
+    return fw.check_firmware(source, name, fw.locate(name, search),
+                             f"{name} not found in QEMU's data directories ({', '.join(map(str, search))})")
+
+
+async def _vm_part(vm: str, connect: str | None) -> tuple[dict[str, object], VmFacts, bool]:
+    async with open_monitor(vm, connect) as mon:
+        facts = await gather(mon)
+        # A UNIX socket is on this host; otherwise trust only a QEMU process we could see (facts.find_process).
+        local = mon.target.kind == "unix" or facts.process is not None
+        return mon.target.as_dict(), facts, local
+
+
+def run_doctor(vm: str | None, connect: str | None = None, dump_dir: Path | None = None,
+               host_root: Path | None = None) -> DoctorReport:
+    host = HostRoot(host_root or Path("/"))
+    checks = host_checks(host)
+    target: dict[str, object] | None = None
+    facts: VmFacts | None = None
+    local = True
+    if vm is not None:
+        target, facts, local = asyncio.run(_vm_part(vm, connect))
+    if facts is not None and facts.version is not None:
+        checks.append(check_qemu_version(facts.version, "the VM's query-version"))
+    else:
+        text, source = qemu_binary_version()
+        checks.append(check_qemu_version(text, source))
+    checks.append(_firmware_check(facts, local))
+    if facts is not None:
+        checks += vm_checks(facts, cpu_virt_flag(host), dump_dir or Path("."))
+    return DoctorReport(vm=target, checks=checks)
