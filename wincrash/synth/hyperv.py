@@ -49,12 +49,14 @@ PERCPU_SELF, PERCPU_INDEX, PERCPU_IDT, PERCPU_GDT, PERCPU_TSS, PERCPU_STACK = 0x
 
 
 def carve(layout: RamLayout, rng: random.Random) -> tuple[RamLayout, tuple[int, int], tuple[int, int]]:
-    """Take the hypervisor's and the secure kernel's memory from the top of Windows' highest run.
+    """Take the hypervisor's and the secure kernel's memory from the top of Windows' largest run.
 
     Returns the layout with the shortened run list and the two (first pfn, page count) ranges; they stay in
     QEMU's RAM blocks (QEMU dumps them) but are no longer Windows' (not in MmPhysicalMemoryBlock).
     """
-    base, count = layout.windows_runs[-1]
+    runs = list(layout.windows_runs)
+    pick = max(range(len(runs)), key=lambda i: (runs[i][1], i))
+    base, count = runs[pick]
     hv_pages = rng.randint(12, 24) * PAGES_PER_LARGE  # 24..48 MiB
     sk_pages = rng.randint(4, 8) * PAGES_PER_LARGE  # 8..16 MiB
     while hv_pages + sk_pages > count // 2:
@@ -62,8 +64,8 @@ def carve(layout: RamLayout, rng: random.Random) -> tuple[RamLayout, tuple[int, 
     end = base + count
     hv = (end - hv_pages, hv_pages)
     sk = (end - hv_pages - sk_pages, sk_pages)
-    runs = layout.windows_runs[:-1] + ((base, count - hv_pages - sk_pages),)
-    return replace(layout, windows_runs=runs), hv, sk
+    runs[pick] = (base, count - hv_pages - sk_pages)
+    return replace(layout, windows_runs=tuple(runs)), hv, sk
 
 
 def context_frame(state: CpuState) -> bytes:
@@ -147,7 +149,8 @@ def build(b: _Builder) -> None:
     # --- hypervisor: its own PML4 (no self-reference, no KUSER_SHARED_DATA, no ntoskrnl) -------------------
     hv_alloc = PhysAllocator([b.hv_range], rng)
     hv_space = AddressSpace(mem, hv_alloc, None, self_ref_nx=True)
-    hv_base = 0xFFFFF80000000000 + rng.randrange(0x1, 0x200) * LARGE
+    # Below 0xFFFFF80002000000, where ntoskrnl never starts: the same VA must not hold ntoskrnl in any space.
+    hv_base = 0xFFFFF80000000000 + rng.randrange(0x1, 0x8) * LARGE
     hv_image = _image(hv_space, rng, hv_base, "hvix64.exe", "hvix64.pdb", rng.randrange(0x140, 0x1A0) * PAGE)
     text_lo, text_hi = hv_image["text"]
     handlers = [rng.randrange(text_lo, text_hi) & ~0xF for _ in range(256)]
@@ -187,7 +190,7 @@ def build(b: _Builder) -> None:
     sk_alloc = PhysAllocator([b.sk_range], rng)
     sk_slot = rng.randrange(0x100, 0x1EF)
     sk_space = AddressSpace(mem, sk_alloc, sk_slot, self_ref_nx=True)
-    sk_base = 0xFFFFF80000000000 + rng.randrange(0x1, 0x200) * LARGE
+    sk_base = 0xFFFFF80000000000 + rng.randrange(0x8, 0x10) * LARGE
     sk_image = _image(sk_space, rng, sk_base, "securekernel.exe", "securekernel.pdb", rng.randrange(0xB0, 0x110) * PAGE)
     sk_kuser = sk_alloc.page()
     sk_space.map_4k(KUSER_SHARED_DATA_VA, sk_kuser, KERNEL_DATA)
