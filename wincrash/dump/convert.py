@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parsers.context import CONTEXT_AMD64_SIZE
+from parsers.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT
 from parsers.dump import DUMP_HEADER64_SIZE, MAX_RUNS64, PAGE_SIZE
 from wincrash import __version__
 from wincrash.dump.context import context_from_note
@@ -33,6 +33,7 @@ from wincrash.windows.paging import AddressSpace
 from wincrash.windows.profiles import check_profile
 
 FORMATS = ("full", "bitmap")
+KERNEL_SPACE = 0xFFFF800000000000
 
 
 @dataclass
@@ -88,6 +89,19 @@ def va_patch(space: AddressSpace, va: int, data: bytes) -> list[tuple[int, bytes
     return patches
 
 
+def saved_context(space: AddressSpace, va: int | None) -> bytes | None:
+    """The CONTEXT Windows saved in KPRCB.ProcessorState, when it looks like a kernel context."""
+    if not va:
+        return None
+    raw = space.read(va, CONTEXT_AMD64_SIZE)
+    if raw is None:
+        return None
+    ctx = CONTEXT_AMD64_STRUCT.parse(raw)
+    if not ctx.ContextFlags & CONTEXT_AMD64 or ctx.SegCs != 0x10 or ctx.Rip < KERNEL_SPACE:
+        return None
+    return raw
+
+
 def _check_guest_mode(source: PhysicalSource) -> None:
     if source.cpus and all(cpu_mode(c) != "long" for c in source.cpus):
         modes = sorted({cpu_mode(c) for c in source.cpus})
@@ -133,6 +147,10 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
             result.warnings.append(f"input is truncated: guest-physical 0x{start:x}-0x{end:x} is missing and is "
                                    "written as zeros")
         result.warnings.extend(facts.warnings)
+        result.warnings.extend(source.notes)
+        if not source.cpus:
+            result.warnings.append(f"the input ({source.kind}) has no vCPU register notes: processor contexts come "
+                                   "from Windows' own saved state where it has one")
         header, patches = _plan(source, facts, result)
         _write(source, header, patches, output_path, fmt, force, progress, result)
     return result
@@ -152,16 +170,19 @@ def _plan(source: PhysicalSource, facts: WindowsFacts, result: ConversionResult)
         patches += kdbg_patch
     contexts: dict[int, bytes] = {}
     for cpu in facts.cpus:
-        if cpu.note_index is None:
-            continue
-        ctx = context_from_note(source.cpus[cpu.note_index])
+        if cpu.note_index is not None:
+            ctx = context_from_note(source.cpus[cpu.note_index])
+        else:
+            ctx = saved_context(space, cpu.proc_state_context_va)
+            if ctx is None:
+                continue
+            cpu.register_source = "KPRCB.ProcessorState.ContextFrame (Windows' saved context)"
         contexts[cpu.number] = ctx
         if cpu.context_va:
             p = va_patch(space, cpu.context_va, ctx)
             if p is None:
                 result.warnings.append(f"processor {cpu.number}: its CONTEXT buffer 0x{cpu.context_va:x} is not "
-                                       "mapped; registers only in the header" if cpu.number == 0 else
-                                       f"processor {cpu.number}: CONTEXT buffer not mapped, registers not written")
+                                       "mapped; its registers are not written")
             else:
                 patches += p
     if not contexts and source.cpus:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -132,23 +132,6 @@ def write_full(source: PhysicalSource, header: HeaderFields, patches: list[tuple
     return result
 
 
-def page_extents(source: PhysicalSource, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(guest-physical address, file offset, length) of the data in [start, end), widened to whole pages.
-
-    A file's data extents follow the file's block boundaries, which need not match guest pages
-    (QEMU's ELF segments start at arbitrary file offsets), so each extent is widened to the guest
-    pages it touches.
-    """
-    for pa, length, off in source.pieces(start, end):
-        if off is None:
-            continue
-        for data_off, n in source.data_extents(off, length):
-            lo = pa + (data_off - off)
-            hi = lo + n
-            lo, hi = max(pa, lo & ~(PAGE_SIZE - 1)), min(pa + length, (hi + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
-            yield lo, off + (lo - pa), hi - lo
-
-
 def bitmap_layout(runs: list[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
     """(total bitmap bits, first page file offset, file size) of a bitmap dump."""
     bits = max(b + c for b, c in runs)
@@ -163,7 +146,7 @@ def _bitmap_sources(source: PhysicalSource, base: int, count: int,
 
     Data extents of the input, plus single zero pages that a patch makes non-zero, in address order.
     """
-    pieces: list[tuple[int, int | None, int]] = list(page_extents(source, base * PAGE_SIZE, (base + count) * PAGE_SIZE))
+    pieces: list[tuple[int, int | None, int]] = list(source.page_extents(base * PAGE_SIZE, (base + count) * PAGE_SIZE))
     starts = [pa for pa, _o, _n in pieces]
     for pfn in patched:
         if not base <= pfn < base + count:

@@ -11,7 +11,7 @@ import bisect
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,10 +34,13 @@ class PhysicalSource:
     cpus: list[Container]  # QEMU CPU states (empty when the format has none)
     machine: int = 0
     missing: list[tuple[int, int]] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from wincrash.memory.savevm import segment_starts
+
         self.segments.sort(key=lambda s: s.paddr)
-        self._starts = [s.paddr for s in self.segments]
+        self._starts = segment_starts(self.segments)
 
     @property
     def fileno(self) -> int:
@@ -91,6 +94,22 @@ class PhysicalSource:
                 yield pos, stop - pos, seg.offset + pos - seg.paddr
             pos = stop
 
+    def page_extents(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(guest-physical address, file offset, length) of the data in [start, end), widened to whole pages.
+
+        A file's data extents follow the file's block boundaries, which need not match guest pages
+        (QEMU's ELF segments and savevm pages start at arbitrary file offsets), so each extent is
+        widened to the guest pages it touches.
+        """
+        for pa, length, off in self.pieces(start, end):
+            if off is None:
+                continue
+            for data_off, n in self.data_extents(off, length):
+                lo = pa + (data_off - off)
+                hi = lo + n
+                lo, hi = max(pa, lo & ~(PAGE - 1)), min(pa + length, (hi + PAGE - 1) & ~(PAGE - 1))
+                yield lo, off + (lo - pa), hi - lo
+
     def data_extents(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         """Sub-ranges of file bytes [offset, offset+length) that hold data (not holes).
 
@@ -130,10 +149,18 @@ def open_source(path: Path) -> PhysicalSource:
                               layout.missing_ranges)
     if magic in (b"PAGEDU64",):
         return _open_dmp(path, fh, size)
-    if magic[:4] in (b"QEVM", b"MDMP", b"PAGE", b"HIBR", b"hibr") or magic == b"KDUMP   ":
+    if magic[:4] == b"QEVM":
+        from wincrash.memory.savevm import savevm_segments
+
+        segments, nonzero_fill = savevm_segments(path, fh)
+        source = PhysicalSource(path, fh, "qemu-savevm", segments, [], 0x8664)  # type: ignore[arg-type]
+        if nonzero_fill:
+            source.notes.append(f"{nonzero_fill} pages stored with a non-zero fill byte read as zeros")
+        return source
+    if magic[:4] in (b"MDMP", b"PAGE", b"HIBR", b"hibr") or magic == b"KDUMP   ":
         fh.close()
-        raise WincrashError(f"{path}: this input format is not supported by convert yet (use a QEMU "
-                            "dump-guest-memory ELF, a raw memory image or a 64-bit full/bitmap DMP)")
+        raise WincrashError(f"{path}: this input format cannot be converted (use a QEMU "
+                            "dump-guest-memory ELF, a savevm stream, a raw memory image or a 64-bit full/bitmap DMP)")
     # Anything else is taken as a raw physical memory image starting at address 0.
     if size < PAGE:
         fh.close()

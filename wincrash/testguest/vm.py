@@ -56,8 +56,8 @@ class TestGuest:
             ram_file, rom_file = self.workdir / "ram.img", self.workdir / "stub.rom"
             self.stub = build_ram_file(self.memory, ram_file, self.ram_size)
             rom_file.write_bytes(build_rom(self.stub))
-            cmd += ["-object", f"memory-backend-file,id=ram0,size={self.ram_size},mem-path={ram_file},share=off",
-                    "-machine", "memory-backend=ram0", "-bios", str(rom_file)]
+            cmd += ["-object", f"memory-backend-file,id=pc.ram,size={self.ram_size},mem-path={ram_file},share=off",
+                    "-machine", "memory-backend=pc.ram", "-bios", str(rom_file)]
         if self.pvpanic:
             cmd += ["-device", "pvpanic"]
         if self.paused:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class CpuFacts:
     note_index: int | None  # which QEMU CPU note holds its registers (None: no registers)
     context_va: int | None = None
     context_pa: int | None = None
+    proc_state_context_va: int | None = None  # KPRCB.ProcessorState.ContextFrame: Windows' own saved context
     register_source: str = "qemu-note"
 
 
@@ -192,28 +194,29 @@ class WindowsLocator:
                                 f"0x{KERNEL_SCAN_START:x}-0x{KERNEL_SCAN_END:x} through DTB 0x{space.dtb:x}")
         return None
 
-    def _scan_for_pml4(self):
+    def _scan_for_pml4(self) -> Iterator[int]:
         """Pages whose kernel half holds an entry pointing back at the page itself (Windows' self-map)."""
         src = self.source
         chunk = 0x200000
-        for seg in src.segments:
-            for offset, length in src.data_extents(seg.offset, seg.filesz):
-                for start in range(offset - offset % 0x1000, offset + length, chunk):
-                    data = os.pread(src.fileno, min(chunk, offset + length - start), start)
+        for seg in list(src.segments):
+            for pa, file_off, n in src.page_extents(seg.paddr, seg.paddr + seg.filesz):
+                for at in range(0, n, chunk):
+                    data = os.pread(src.fileno, min(chunk, n - at), file_off + at)
                     for p in range(0, len(data) - 0xFFF, 0x1000):
-                        pa = seg.paddr + (start - seg.offset) + p
-                        needle = ((pa >> 16) & 0xFFFFFF).to_bytes(3, "little")
-                        page = data[p:p + 0x1000]
-                        pos = page.find(needle, 0x800)
-                        while pos != -1:
-                            if pos % 8 == 2:
-                                entry = int.from_bytes(page[pos - 2:pos + 6], "little")
-                                if entry & PFN_MASK == pa and entry & 3 == 3:
-                                    space = self._space(pa)
-                                    if space.translate(KUSER_SHARED_DATA_VA) is not None:
-                                        yield pa
-                                    break
-                            pos = page.find(needle, pos + 1)
+                        page_pa = pa + at + p
+                        if self._is_self_mapped(data[p:p + 0x1000], page_pa):
+                            yield page_pa
+
+    def _is_self_mapped(self, page: bytes, pa: int) -> bool:
+        needle = ((pa >> 16) & 0xFFFFFF).to_bytes(3, "little")
+        pos = page.find(needle, 0x800)
+        while pos != -1:
+            if pos % 8 == 2:
+                entry = int.from_bytes(page[pos - 2:pos + 6], "little")
+                if entry & PFN_MASK == pa and entry & 3 == 3:
+                    return self._space(pa).translate(KUSER_SHARED_DATA_VA) is not None
+            pos = page.find(needle, pos + 1)
+        return False
 
     # ----------------------------------------------------------------------------------- KDBG
     def _find_kdbg(self) -> None:
@@ -366,12 +369,14 @@ class WindowsLocator:
         matched_by_gs = bool(note_for)
         if not matched_by_gs and len(self.source.cpus) == len(blocks):
             note_for = {n: n for n in range(len(blocks))}
-        f.methods["cpus"] = ("vCPU GS base = KPCR" if matched_by_gs else "vCPU order") + \
-            f", {len(blocks)} in KiProcessorBlock"
+        how = ("vCPU GS base = KPCR" if matched_by_gs else "vCPU order" if note_for else "no vCPU notes")
+        f.methods["cpus"] = f"{how}, {len(blocks)} in KiProcessorBlock"
         for n, kprcb in enumerate(blocks):
             ctx_va = space.read_u64(kprcb + k.OffsetPrcbContext) if k.OffsetPrcbContext else None
             ctx_pa = space.translate(ctx_va) if ctx_va else None
-            cpu = CpuFacts(number=n, kprcb=kprcb, note_index=note_for.get(n), context_va=ctx_va, context_pa=ctx_pa)
+            cpu = CpuFacts(number=n, kprcb=kprcb, note_index=note_for.get(n), context_va=ctx_va, context_pa=ctx_pa,
+                           proc_state_context_va=kprcb + k.OffsetPrcbProcStateContext
+                           if k.OffsetPrcbProcStateContext else None)
             if cpu.note_index is None:
                 cpu.register_source = "none (no matching vCPU note)"
             f.cpus.append(cpu)
