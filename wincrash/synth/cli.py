@@ -74,7 +74,10 @@ def run(argv: list[str] | None = None) -> int:
         print(f"make_guest: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     pages = len(guest.mem.pages) + 512 * len(guest.mem.filler)
-    hv = f", Hyper-V (hypervisor context: CPUs {guest.truth['hyperv']['hv_cpus']})" if spec.hyperv else ""
+    hv = ""
+    if spec.hyperv:
+        hv_cpus = guest.truth["hyperv"]["hv_cpus"]
+        hv = f", Hyper-V (hypervisor context: CPUs {'all' if len(hv_cpus) == spec.cpus else hv_cpus})"
     print(f"{args.out}: build {spec.build}, {spec.cpus} vCPU, {spec.ram_mib} MiB{hv} ({size:,} bytes, "
           f"{pages} pages with data) in {time.monotonic() - start:.2f} s", file=sys.stderr)
     return 0
