@@ -26,6 +26,12 @@ def print_conversion(result: ConversionResult, as_json: bool = False) -> None:
     if f.kdbg is not None:
         console.print(f"  KDBG        0x{f.kdbg.va:x} (physical 0x{f.kdbg_pa or 0:x}) — {f.methods.get('kdbg')}")
     console.print(f"  processors  {len(f.cpus)} — {f.methods.get('cpus', 'none found')}")
+    if f.hyperv:
+        hv = f.hyperv
+        console.print(f"  [bold]Hyper-V detected[/bold]: {hv['hypervisor']['pdb']} at {hv['hypervisor']['base']}; "
+                      f"vCPU(s) {', '.join(map(str, hv['cpus_in_hypervisor_context']))} were in hypervisor context "
+                      "(their NT registers come from KPRCB.ProcessorState)"
+                      + (f"; secure kernel (VBS) at {hv['secure_kernel']['base']}" if hv.get("secure_kernel") else ""))
     console.print(f"  bugcheck    {result.bugcheck}" + ("" if f.crashed else " (the guest had not crashed: live dump)"))
     console.print(f"  memory      {len(f.runs)} run(s), {result.pages_in_runs:,} pages — {f.methods.get('runs')}")
     if result.format == "bitmap":

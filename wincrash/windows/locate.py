@@ -22,7 +22,7 @@ from wincrash.memory.source import PhysicalSource
 from wincrash.windows import kdbg as kdbgmod
 from wincrash.windows.offsets import BUILDS, KPCR_PRCB_OFFSET
 from wincrash.windows.paging import KUSER_SHARED_DATA_VA, PFN_MASK, AddressSpace, cr3_base
-from wincrash.windows.pe import PeImage, is_kernel_pdb, parse_pe
+from wincrash.windows.pe import PeImage, is_hypervisor_pdb, is_kernel_pdb, is_secure_kernel_pdb, parse_pe
 
 KERNEL_SCAN_START = 0xFFFFF800_00000000
 KERNEL_SCAN_END = 0xFFFFF810_00000000
@@ -69,6 +69,7 @@ class WindowsFacts:
     nt_minor: int = 0
     nt_build_lab: str | None = None
     system_dtb: int | None = None
+    hyperv: dict[str, Any] | None = None  # set when vCPU notes were taken inside the Hyper-V hypervisor
     methods: dict[str, str] = field(default_factory=dict)
     tried: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ class WindowsFacts:
             "runs": [{"base_page": hex(b), "page_count": c} for b, c in self.runs],
             "system_time": self.system_time, "interrupt_time": self.interrupt_time,
             "product_type": self.product_type, "suite_mask": hex(self.suite_mask),
+            "hyperv": self.hyperv,
             "methods": self.methods, "warnings": self.warnings,
         }
 
@@ -101,6 +103,7 @@ class WindowsLocator:
         self.source = source
         self.facts = WindowsFacts()
         self.space: AddressSpace | None = None
+        self._secure_kernel: dict[str, str | None] | None = None  # VBS: seen while scanning, reported with Hyper-V
 
     # ----------------------------------------------------------------------------------- main
     def locate(self) -> WindowsFacts:
@@ -111,6 +114,51 @@ class WindowsLocator:
         self._find_kdbg()
         self._read_kdbg_facts()
         return f
+
+    # ----------------------------------------------------------------------------------- Hyper-V
+    def _hypervisor_of(self, cpu: Container) -> PeImage | None:
+        """The hypervisor image a vCPU was running in, found through its own CR3 and IDT."""
+        if cpu_mode(cpu) != "long":
+            return None
+        space = self._space(cr3_base(cpu.cr[3]))
+        idt = space.read(cpu.idt.base, 16)
+        if idt is None:
+            return None
+        handler = struct.unpack_from("<H", idt, 0)[0] | struct.unpack_from("<H", idt, 6)[0] << 16 | \
+            struct.unpack_from("<I", idt, 8)[0] << 32
+        for back in range(0, MAX_SCAN_BACK, 0x1000):
+            base = (handler & ~0xFFF) - back
+            if space.read(base, 2) == b"MZ":
+                image = parse_pe(space.read, base, want_exports=False)
+                if image and image.contains(handler):
+                    return image if is_hypervisor_pdb(image.pdb_name) else None
+        return None
+
+    def _classify_notes(self, by_kprcb: dict[int, int]) -> tuple[dict[int, int], list[int]]:
+        """(processor number -> note index for notes in NT context, note indexes in hypervisor context)."""
+        note_for: dict[int, int] = {}
+        in_hypervisor: list[int] = []
+        hv_image: PeImage | None = None
+        for i, cpu in enumerate(self.source.cpus):
+            kpcr = cpu.gs.base if cpu.cs.selector & 3 == 0 else cpu.kernel_gs_base
+            n = by_kprcb.get(kpcr + KPCR_PRCB_OFFSET)
+            if n is not None and self._space(cr3_base(cpu.cr[3])).translate(KUSER_SHARED_DATA_VA) is not None:
+                note_for[n] = i
+                continue
+            image = self._hypervisor_of(cpu)
+            if image is not None:
+                in_hypervisor.append(i)
+                hv_image = hv_image or image
+        if hv_image is not None:
+            self.facts.hyperv = {
+                "detected": True,
+                "hypervisor": {"pdb": hv_image.pdb_name, "base": hex(hv_image.base),
+                               "size": hex(hv_image.size_of_image), "pdb_guid": hv_image.pdb_guid,
+                               "pdb_age": hv_image.pdb_age},
+                "cpus_in_hypervisor_context": in_hypervisor,
+                "secure_kernel": self._secure_kernel,
+            }
+        return note_for, in_hypervisor
 
     def _space(self, dtb: int) -> AddressSpace:
         return AddressSpace(self.source.read, dtb)
@@ -190,6 +238,11 @@ class WindowsLocator:
                     image = parse_pe(space.read, va)
                     if image and is_kernel_pdb(image.pdb_name):
                         return image
+                    if image and is_secure_kernel_pdb(image.pdb_name) and self._secure_kernel is None:
+                        self._secure_kernel = {"pdb": image.pdb_name, "base": hex(image.base),
+                                               "directory_table_base": hex(space.dtb)}
+                        self.facts.tried.append(f"DTB 0x{space.dtb:x} is the secure kernel's (VTL1), not NT's")
+                        break
         self.facts.tried.append(f"no PE image naming ntkrnlmp.pdb/ntoskrnl.pdb mapped in "
                                 f"0x{KERNEL_SCAN_START:x}-0x{KERNEL_SCAN_END:x} through DTB 0x{space.dtb:x}")
         return None
@@ -360,14 +413,9 @@ class WindowsLocator:
             f.warnings.append("KiProcessorBlock is empty or unreadable: no processor contexts written")
             return
         by_kprcb = {kprcb: n for n, kprcb in enumerate(blocks)}
-        note_for: dict[int, int] = {}
-        for i, cpu in enumerate(self.source.cpus):
-            kpcr = cpu.gs.base if cpu.cs.selector & 3 == 0 else cpu.kernel_gs_base
-            n = by_kprcb.get(kpcr + KPCR_PRCB_OFFSET)
-            if n is not None:
-                note_for[n] = i
+        note_for, in_hypervisor = self._classify_notes(by_kprcb)
         matched_by_gs = bool(note_for)
-        if not matched_by_gs and len(self.source.cpus) == len(blocks):
+        if not matched_by_gs and not in_hypervisor and len(self.source.cpus) == len(blocks):
             note_for = {n: n for n in range(len(blocks))}
         how = ("vCPU GS base = KPCR" if matched_by_gs else "vCPU order" if note_for else "no vCPU notes")
         f.methods["cpus"] = f"{how}, {len(blocks)} in KiProcessorBlock"
@@ -380,6 +428,10 @@ class WindowsLocator:
             if cpu.note_index is None:
                 cpu.register_source = "none (no matching vCPU note)"
             f.cpus.append(cpu)
+        if in_hypervisor:
+            f.warnings.append(f"Hyper-V detected: vCPU note(s) {', '.join(map(str, in_hypervisor))} hold the "
+                              "hypervisor's registers, not Windows': those processors' contexts come from "
+                              "KPRCB.ProcessorState")
         if len(self.source.cpus) and len(self.source.cpus) != len(blocks):
             f.warnings.append(f"{len(self.source.cpus)} vCPU notes but {len(blocks)} processors in KiProcessorBlock")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
 IMAGE_SCN_MEM_WRITE = 0x80000000
 KERNEL_PDB_NAMES = (b"ntkrnlmp.pdb", b"ntoskrnl.pdb", b"ntkrnlpa.pdb", b"ntkrpamp.pdb")
+HYPERVISOR_PDB_NAMES = (b"hvix64.pdb", b"hvax64.pdb", b"hvaa64.pdb")  # Intel, AMD, ARM64 Hyper-V
+SECURE_KERNEL_PDB_NAMES = (b"securekernel.pdb", b"securekernella57.pdb")
 
 
 @dataclass
@@ -116,3 +118,11 @@ def _read_exports(read: Callable[[int, int], bytes | None], image: PeImage, rva:
 
 def is_kernel_pdb(name: str | None) -> bool:
     return bool(name) and name.lower().encode() in KERNEL_PDB_NAMES
+
+
+def is_hypervisor_pdb(name: str | None) -> bool:
+    return bool(name) and name.lower().encode() in HYPERVISOR_PDB_NAMES
+
+
+def is_secure_kernel_pdb(name: str | None) -> bool:
+    return bool(name) and name.lower().encode() in SECURE_KERNEL_PDB_NAMES
