@@ -268,3 +268,43 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
     assert proc.returncode == 130, stderr
     assert not out.exists() and not list(tmp_path.glob(".out.dmp*"))
     assert "Traceback" not in stderr
+
+
+def test_32bit_guest_is_refused(small_guest, tmp_path):
+    """Notes of vCPUs in protected mode (no long mode): say so instead of failing obscurely."""
+    from parsers.elf import DESC_B_MASK, DESC_L_MASK, QEMUCPUState
+
+    _guest, elf = small_guest
+    data = bytearray(elf.read_bytes()[:1 << 20])  # headers and notes; memory follows
+    pos = data.find(b"QEMU\0")
+    count = 0
+    while pos != -1:
+        desc = pos + 8  # name "QEMU\0" padded to 8 bytes, then the QEMUCPUState
+        state = QEMUCPUState.parse(bytes(data[desc:desc + 440]))
+        if state.version == 1 and state.size == 440:
+            state.cs.flags = (state.cs.flags & ~DESC_L_MASK) | DESC_B_MASK
+            data[desc:desc + 440] = QEMUCPUState.build(state)
+            count += 1
+        pos = data.find(b"QEMU\0", pos + 1)
+    assert count == 2
+    bad = tmp_path / "i386.elf"  # the same layout, but no x64 Windows in memory (all zero), as in a 32-bit guest
+    with open(bad, "wb") as dst:
+        dst.write(data[:data.find(b"QEMU\0") + 4096])
+        dst.truncate(elf.stat().st_size)
+    proc = run_wincrash("convert", bad, "-o", tmp_path / "x.dmp")
+    assert proc.returncode == 2 and "32-bit guest" in proc.stderr and "not supported yet" in proc.stderr
+
+
+def test_not_enough_free_space(tmp_path):
+    """A destination too small for the dump is refused before anything is written."""
+    _guest, elf = make_guest(tmp_path, build=19041, cpus=1, ram_mib=256, seed=3, filler_mib=8)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        proc = run_wincrash("convert", elf, "-o", mnt / "MEMORY.DMP")
+        assert proc.returncode == 2 and "not enough free space" in proc.stderr
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
