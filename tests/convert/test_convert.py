@@ -297,7 +297,7 @@ def test_32bit_guest_is_refused(small_guest, tmp_path):
 
 def test_not_enough_free_space(tmp_path):
     """A destination too small for the dump is refused before anything is written."""
-    _guest, elf = make_guest(tmp_path, build=19041, cpus=1, ram_mib=256, seed=3, filler_mib=8)
+    _guest, elf = make_guest(tmp_path, build=19041, cpus=1, ram_mib=1024, seed=3, filler_mib=8)
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
