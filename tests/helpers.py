@@ -32,3 +32,28 @@ def run_wincrash(*args: str | os.PathLike, check: bool = False, timeout: float =
     if check and proc.returncode != 0:
         raise AssertionError(f"wincrash {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def dump_read_va(parser, va: int, size: int, dtb: int) -> bytes:  # noqa: ANN001 - a kdmp_parser.KernelDumpParser
+    """Bytes at a virtual address of a DMP, read through kdmp-parser (an independent reader); asserts mapping."""
+    out = b""
+    while size > 0:
+        page = parser.read_virtual_page(va & ~0xFFF, dtb)
+        assert page is not None, f"0x{va:x} does not translate"
+        n = min(size, 0x1000 - (va & 0xFFF))
+        out += bytes(page[va & 0xFFF:(va & 0xFFF) + n])
+        va, size = va + n, size - n
+    return out
+
+
+def u64(data: bytes, off: int = 0) -> int:
+    return int.from_bytes(data[off:off + 8], "little")
+
+
+def first_module_name(parser) -> str:  # noqa: ANN001
+    """BaseDllName of the first PsLoadedModuleList entry of a DMP (ntoskrnl.exe when the dump is right)."""
+    dtb = parser.header.DirectoryTableBase
+    first = u64(dump_read_va(parser, parser.header.PsLoadedModuleList, 8, dtb))
+    entry = dump_read_va(parser, first, 0x68, dtb)
+    length, buffer = int.from_bytes(entry[0x58:0x5A], "little"), u64(entry, 0x60)
+    return dump_read_va(parser, buffer, length, dtb).decode("utf-16-le")

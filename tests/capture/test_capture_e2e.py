@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import read_qemu_elf
-from helpers import run_wincrash
+from helpers import dump_read_va, first_module_name, run_wincrash, u64
 
 from wincrash.testguest.memory import synth_memory
 
@@ -22,19 +22,8 @@ pytestmark = pytest.mark.qemu
 PAGE = 0x1000
 
 
-def read_va(parser, va: int, size: int, dtb: int) -> bytes:  # noqa: ANN001
-    out = b""
-    while size > 0:
-        page = parser.read_virtual_page(va & ~0xFFF, dtb)
-        assert page is not None, f"0x{va:x} does not translate"
-        n = min(size, PAGE - (va & 0xFFF))
-        out += bytes(page[va & 0xFFF:(va & 0xFFF) + n])
-        va, size = va + n, size - n
-    return out
 
 
-def u64(data: bytes, off: int = 0) -> int:
-    return struct.unpack_from("<Q", data, off)[0]
 
 
 @pytest.mark.slow
@@ -62,16 +51,13 @@ def test_capture_crash_gives_a_bugcheck_dump(make_guest, tmp_path: Path, build: 
     assert h.PsLoadedModuleList == t["ps_loaded_module_list"]
     assert h.DirectoryTableBase in (t["dtb"], t["processes"][0]["dtb"])
     dtb = h.DirectoryTableBase
-    kdbg = read_va(p, h.KdDebuggerDataBlock, 0x340, dtb)
+    kdbg = dump_read_va(p, h.KdDebuggerDataBlock, 0x340, dtb)
     assert kdbg[0x10:0x14] == b"KDBG" and u64(kdbg, 0x18) == t["kernel"]["base"]  # decoded in place
-    first = u64(read_va(p, h.PsLoadedModuleList, 8, dtb))
-    entry = read_va(p, first, 0x68, dtb)
-    length, buffer = struct.unpack_from("<H", entry, 0x58)[0], u64(entry, 0x60)
-    assert read_va(p, buffer, length, dtb).decode("utf-16-le").lower() == "ntoskrnl.exe"
+    assert first_module_name(p).lower() == "ntoskrnl.exe"
     # The contexts are the registers QEMU saw (our firmware's), per vCPU, at each KPRCB's context.
     notes, _ = read_qemu_elf(elf)
     for cpu, note in zip(t["processors"], notes, strict=True):
-        ctx = read_va(p, cpu["context_va"], 0x4D0, dtb)
+        ctx = dump_read_va(p, cpu["context_va"], 0x4D0, dtb)
         assert u64(ctx, 0xF8) == note["rip"] and u64(ctx, 0xF0) == note["r15"] == 0x57494E4352415348
         assert struct.unpack_from("<H", ctx, 0x38)[0] == 0x10  # Windows' kernel CS, from its own GDT
         assert note["gs_base"] == cpu["kpcr"] and note["cr3"] == t["dtb"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kdmp_parser
 import pytest
-from helpers import REPO, run_wincrash
+from helpers import REPO, dump_read_va, first_module_name, run_wincrash, u64
 
 from wincrash.synth.guest import GuestSpec, generate
 from wincrash.synth.writers import write_qemu_elf
@@ -49,19 +49,8 @@ def convert(elf: Path, out: Path, *extra: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def read_va(parser, va: int, size: int, dtb: int) -> bytes:
-    out = b""
-    while size > 0:
-        page = parser.read_virtual_page(va & ~0xFFF, dtb)
-        assert page is not None, f"0x{va:x} does not translate"
-        n = min(size, PAGE - (va & 0xFFF))
-        out += bytes(page[va & 0xFFF:(va & 0xFFF) + n])
-        va, size = va + n, size - n
-    return out
 
 
-def u64(data: bytes, off: int = 0) -> int:
-    return struct.unpack_from("<Q", data, off)[0]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}cpu-{c[2]}MiB-{c[4]}")
@@ -111,7 +100,7 @@ def test_header_matches_ground_truth(converted):
 def test_kdbg_decoded_in_place(converted):
     guest, _elf, out, _result, _fmt = converted
     p = kdmp_parser.KernelDumpParser(out)
-    block = read_va(p, p.header.KdDebuggerDataBlock, 0x340, p.header.DirectoryTableBase)
+    block = dump_read_va(p, p.header.KdDebuggerDataBlock, 0x340, p.header.DirectoryTableBase)
     assert block[0x10:0x14] == b"KDBG"
     assert u64(block, 0x18) == guest.truth["kernel"]["base"]
     assert block.hex() == guest.truth["kdbg"]["plain_hex"][:0x340 * 2] if "plain_hex" in guest.truth["kdbg"] else True
@@ -120,11 +109,7 @@ def test_kdbg_decoded_in_place(converted):
 def test_first_module_is_ntoskrnl(converted):
     _guest, _elf, out, _result, _fmt = converted
     p = kdmp_parser.KernelDumpParser(out)
-    dtb = p.header.DirectoryTableBase
-    first = u64(read_va(p, p.header.PsLoadedModuleList, 8, dtb))
-    entry = read_va(p, first, 0x68, dtb)
-    length, buffer = struct.unpack_from("<H", entry, 0x58)[0], u64(entry, 0x60)
-    assert read_va(p, buffer, length, dtb).decode("utf-16-le").lower() == "ntoskrnl.exe"
+    assert first_module_name(p).lower() == "ntoskrnl.exe"
 
 
 def test_each_cpu_context_matches_its_notes(converted):
@@ -132,7 +117,7 @@ def test_each_cpu_context_matches_its_notes(converted):
     p = kdmp_parser.KernelDumpParser(out)
     dtb = p.header.DirectoryTableBase
     for cpu in guest.truth["processors"]:
-        ctx = read_va(p, cpu["context_va"], 0x4D0, dtb)
+        ctx = dump_read_va(p, cpu["context_va"], 0x4D0, dtb)
         regs = cpu["registers"]
         assert u64(ctx, 0xF8) == regs["rip"] and u64(ctx, 0x98) == regs["rsp"]
         assert u64(ctx, 0x78) == regs["rax"] and u64(ctx, 0xF0) == regs["r15"]

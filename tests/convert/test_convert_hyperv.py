@@ -12,7 +12,7 @@ import struct
 
 import kdmp_parser
 import pytest
-from helpers import run_wincrash
+from helpers import dump_read_va, first_module_name, run_wincrash
 
 from wincrash.synth.guest import GuestSpec, generate
 from wincrash.synth.writers import write_qemu_elf
@@ -20,15 +20,6 @@ from wincrash.synth.writers import write_qemu_elf
 CASES = [(17763, 4, None), (19041, 4, None), (19041, 4, (1, 3)), (17763, 1, None)]
 
 
-def read_va(p, va: int, size: int, dtb: int) -> bytes:
-    out = b""
-    while size > 0:
-        page = p.read_virtual_page(va & ~0xFFF, dtb)
-        assert page is not None, f"0x{va:x} does not translate"
-        n = min(size, 0x1000 - (va & 0xFFF))
-        out += bytes(page[va & 0xFFF:(va & 0xFFF) + n])
-        va, size = va + n, size - n
-    return out
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}cpu-hv{'all' if c[2] is None else c[2]}")
@@ -68,13 +59,9 @@ def test_nt_found_despite_hypervisor_notes(converted):
     assert h.DirectoryTableBase != t["hyperv"]["hypervisor"]["cr3"]
     assert h.KdDebuggerDataBlock == t["kdbg"]["va"]
     assert h.BugCheckCode == t["bugcheck"]["code"]
-    block = read_va(p, h.KdDebuggerDataBlock, 0x20, h.DirectoryTableBase)
+    block = dump_read_va(p, h.KdDebuggerDataBlock, 0x20, h.DirectoryTableBase)
     assert block[0x10:0x14] == b"KDBG" and struct.unpack_from("<Q", block, 0x18)[0] == t["kernel"]["base"]
-    first = struct.unpack("<Q", read_va(p, h.PsLoadedModuleList, 8, h.DirectoryTableBase))[0]
-    entry = read_va(p, first, 0x68, h.DirectoryTableBase)
-    name = read_va(p, struct.unpack_from("<Q", entry, 0x60)[0], struct.unpack_from("<H", entry, 0x58)[0],
-                   h.DirectoryTableBase)
-    assert name.decode("utf-16-le").lower() == "ntoskrnl.exe"
+    assert first_module_name(p).lower() == "ntoskrnl.exe"
 
 
 def test_contexts_never_hold_hypervisor_registers(converted):
@@ -85,7 +72,7 @@ def test_contexts_never_hold_hypervisor_registers(converted):
     sources = {c["number"]: c["registers_from"] for c in result["windows"]["processors"]}
     for cpu in t["processors"]:
         i = cpu["index"]
-        ctx = read_va(p, cpu["context_va"], 0x4D0, p.header.DirectoryTableBase)
+        ctx = dump_read_va(p, cpu["context_va"], 0x4D0, p.header.DirectoryTableBase)
         rip, rsp, rax = (struct.unpack_from("<Q", ctx, off)[0] for off in (0xF8, 0x98, 0x78))
         note = hv["note_registers"][i]
         if i in hv["hv_cpus"]:
