@@ -1,0 +1,64 @@
+"""Fixtures for the runbook tests: tests/disk's image builder (reused, not copied) and test guests.
+
+tests/disk/conftest.py is loaded under a unique module name and its session fixture re-exported, so
+the runbooks run against exactly the images the disk tests use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # runbook_parse.py beside this file, imported by its unique name
+
+
+def _load_disk_conftest():  # noqa: ANN202 - a module
+    name = "wincrash_tests_disk_images"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "disk" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+disks = _load_disk_conftest().disks  # the session fixture that builds the libguestfs test images
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory: UNIX socket paths must stay under 108 bytes, pytest's tmp_path can be long."""
+    path = Path(tempfile.mkdtemp(prefix="wcr-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_guest(short_dir: Path) -> Iterator[Callable[..., object]]:
+    """Start the synthetic Windows test guest in real QEMU (TCG); stopped at teardown."""
+    for tool in ("qemu-system-x86_64", "as", "ld", "objcopy"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    from wincrash.testguest.memory import synth_memory
+    from wincrash.testguest.vm import TestGuest
+
+    started: list[TestGuest] = []
+
+    def make(name: str = "vm", cpus: int = 2, extra_args: list[str] | None = None) -> TestGuest:
+        guest = TestGuest(short_dir / name, memory=synth_memory(cpus=cpus, ram_mib=256), ram_mib=256,
+                          extra_args=extra_args)
+        started.append(guest)
+        return guest.start()
+
+    yield make
+    for guest in started:
+        guest.stop()
