@@ -48,8 +48,10 @@ class QemuStarter:
         else:
             qmp = f"unix:{sock},server=on,wait=off"
         errlog = workdir / "stderr"
+        ctl = workdir / "ctl.sock"  # the harness's own monitor: readiness without taking doctor's socket
         with open(errlog, "wb") as err:
-            proc = subprocess.Popen([*BASE, *args, "-qmp", qmp], stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen([*BASE, *args, "-qmp", qmp, "-qmp", f"unix:{ctl},server=on,wait=off"],
+                                    stdout=subprocess.DEVNULL, stderr=err)
         vm = RunningQemu(proc, sock, workdir, port)
         self.running.append(vm)
         deadline = time.monotonic() + 20
@@ -59,7 +61,7 @@ class QemuStarter:
                 if needs_kvm_hint and needs_kvm_hint in message:
                     pytest.skip(f"QEMU under TCG refuses {' '.join(args)}: {message!r} (this needs KVM)")
                 raise AssertionError(f"QEMU exited ({proc.returncode}): {message}")
-            if self._listening(vm):
+            if self._listening(vm) and _ready(ctl):
                 return vm
             time.sleep(0.05)
         raise AssertionError("QEMU did not open its QMP socket within 20 s")
@@ -76,6 +78,27 @@ class QemuStarter:
                 vm.proc.kill()
             vm.proc.wait(10)
             shutil.rmtree(vm.workdir, ignore_errors=True)
+
+
+def _ready(ctl: Path) -> bool:
+    """QEMU answers query-status on the control socket: machine init is over (it may still exit before that,
+    e.g. on a -cpu flag that needs KVM, after its QMP sockets already exist)."""
+    if not ctl.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(ctl))
+            f = s.makefile("rwb")
+            f.readline()  # greeting
+            for cmd in (b'{"execute":"qmp_capabilities"}\n', b'{"execute":"query-status"}\n'):
+                f.write(cmd)
+                f.flush()
+                if b'"return"' not in f.readline():
+                    return False
+            return True
+    except OSError:
+        return False
 
 
 def _port_open(port: int) -> bool:

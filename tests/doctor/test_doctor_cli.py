@@ -16,6 +16,8 @@ HOST_CHECKS = ["host.kvm", "host.cpu-virt", "host.nested", "host.kernel", "host.
 VM_CHECKS = ["vm.status", "vm.machine", "vm.cpu-virt", "vm.hyperv", "vm.hyperv-extra", "vm.panic", "vm.vmcoreinfo",
              "vm.free-space"]
 
+pytestmark = pytest.mark.qemu
+
 
 def _need_qemu() -> None:
     if shutil.which("qemu-system-x86_64") is None or not Path("/usr/share/seabios/bios-256k.bin").exists():

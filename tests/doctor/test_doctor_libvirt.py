@@ -30,6 +30,7 @@ def test_unknown_domain() -> None:
     assert proc.returncode == 2 and "no libvirt domain named 'no-such-domain-wincrash'" in proc.stderr
 
 
+@pytest.mark.qemu
 def test_real_domain(tmp_path: Path) -> None:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
