@@ -65,3 +65,21 @@ def test_real_domain(tmp_path: Path) -> None:
                 pass
         conn.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_shut_off_domain_is_one_line_exit_2(tmp_path: Path) -> None:
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+    name = f"wincrash-doctor-off-{os.getpid()}"
+    dom = conn.defineXML(domain_xml(name, tmp_path / name, None))  # defined, never started
+    try:
+        proc = run_wincrash("doctor", name, "--connect", "qemu:///system")
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.strip() == (f"wincrash: error: libvirt domain {name!r} (qemu:///system): the domain is "
+                                       f"shutoff: start it (`virsh -c qemu:///system start {name}`) and run doctor "
+                                       "again")
+    finally:
+        dom.undefine()
+        conn.close()

@@ -210,3 +210,17 @@ def test_status_verdicts(state: str | None, status: str) -> None:
     assert check.status == status
     if state == "guest-panicked":
         assert "wincrash capture" in check.fix
+
+
+def test_process_must_match_the_target() -> None:
+    from wincrash.capture.target import Target
+    from wincrash.doctor.run import process_matches
+
+    argv = ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on", "-qmp",
+            "tcp:127.0.0.1:4444,server=on,wait=off", "-qmp", "unix:/run/vm/qmp.sock,server=on"]
+    assert process_matches(argv, Target(kind="libvirt", domain="win11", uri="qemu:///system"))
+    assert not process_matches(argv, Target(kind="libvirt", domain="win1", uri="qemu:///system"))
+    assert process_matches(argv, Target(kind="tcp", host="127.0.0.1", port=4444))
+    assert not process_matches(argv, Target(kind="tcp", host="127.0.0.1", port=444))
+    assert process_matches(argv, Target(kind="unix", path=Path("/run/vm/qmp.sock")))
+    assert not process_matches(argv, Target(kind="unix", path=Path("/run/other/monitor.sock")))

@@ -68,6 +68,10 @@ async def open_monitor(vm: str, connect: str | None) -> AsyncIterator[Monitor]:
 
         backend = await LibvirtBackend.open(target)
         try:
+            state = await backend.state()
+            if state.status in ("shutoff", "shutdown"):
+                raise WincrashError(f"{target.describe()}: the domain is {state.status}: start it "
+                                    f"(`virsh -c {target.uri} start {target.domain}`) and run doctor again")
             yield LibvirtMonitor(backend)
         finally:
             await backend.close()

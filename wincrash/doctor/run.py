@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
+from wincrash.capture.target import Target
 from wincrash.doctor import firmware as fw
 from wincrash.doctor.facts import VmFacts, data_dirs_from_argv, gather
 from wincrash.doctor.host import HostRoot, check_qemu_version, cpu_virt_flag, host_checks, qemu_binary_version
@@ -47,9 +49,23 @@ def _firmware_check(facts: VmFacts | None, local: bool) -> Check:
                              f"{name} not found in QEMU's data directories ({', '.join(map(str, search))})")
 
 
+def process_matches(argv: list[str], target: Target) -> bool:
+    """Does this QEMU command line belong to the VM we reached? (its socket, its TCP port, its libvirt name)"""
+    line = " ".join(argv)
+    if target.kind == "unix":
+        assert target.path is not None
+        return target.path.name in line
+    if target.kind == "tcp":
+        return re.search(rf":{target.port}(?!\d)", line) is not None
+    name = f"guest={(target.domain or '').replace(',', ',,')}"  # libvirt: -name guest=NAME,debug-threads=on
+    return any(arg == name or arg.startswith(name + ",") for arg in argv)
+
+
 async def _vm_part(vm: str, connect: str | None) -> tuple[dict[str, object], VmFacts, bool]:
     async with open_monitor(vm, connect) as mon:
         facts = await gather(mon)
+        if facts.process is not None and not process_matches(facts.process.argv, mon.target):
+            facts.process = None  # a local QEMU that happens to own those thread ids, not the one we talk to
         # A UNIX socket is on this host; otherwise trust only a QEMU process we could see (facts.find_process).
         local = mon.target.kind == "unix" or facts.process is not None
         return mon.target.as_dict(), facts, local
