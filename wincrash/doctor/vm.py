@@ -49,7 +49,7 @@ def check_machine(facts: VmFacts) -> Check:
         return warn(name, f"machine type unknown ({_unknown(facts, 'machine')})",
                     "check -machine on the QEMU command line (pc or q35 for Windows)", machine=None)
     short = machine.removesuffix("-machine")
-    if not short.startswith(("pc-", "pc", "q35")) or short in ("isapc",):
+    if not short.startswith(("pc", "q35")):
         return warn(name, f"machine type {short}: Windows guests need a PC machine (pc/i440fx or q35)",
                     "start QEMU with -machine q35 (or pc); libvirt: <type machine='q35'>hvm</type>", machine=short)
     return ok(name, f"machine type {short}", machine=short)
