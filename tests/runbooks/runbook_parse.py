@@ -9,7 +9,8 @@ The conventions (also written down for runbook authors in docs/runbooks/README.m
 - an HTML comment right before a block steers the test and is invisible to the reader:
   `<!-- test: exit 1 -->` (or `exit 0 or 1: why`), `<!-- test: skip why -->` (the block is only
   syntax-checked: root-only host setup, KVM, libvirt), `<!-- test: fresh -->` (start over: a new
-  VM, a new folder and a new copy of the disk: the runbook offers alternatives), and
+  VM, a new folder and a new copy of the disk: the runbook offers alternatives), `<!-- test: given
+  hyperv-elf vm.elf -->` (the test puts a synthetic Hyper-V root-partition dump there first), and
   `<!-- test: example -->` on a ```text block that is illustrative and not matched.
 - other fences (```windbg, ```xml, ```powershell) are for the reader only.
 """

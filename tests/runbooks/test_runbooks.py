@@ -128,6 +128,16 @@ class Runner:
             make_guest = self.request.getfixturevalue("make_guest")
             self.vm = make_guest(name=f"vm{self.round}", extra_args=self.extra_args)
 
+    def provide(self, what: str, filename: str) -> None:
+        """Put an input the test bed cannot produce live into the run folder (`<!-- test: given ... -->`)."""
+        assert what == "hyperv-elf", f"{self.name}: unknown `given {what}`"
+        # A crashed root partition under Hyper-V with VBS, every vCPU note in hypervisor context: what
+        # dump-guest-memory gives for such a guest (the generator of the convert tests).
+        from wincrash.synth.cli import run as make_guest_elf
+
+        assert make_guest_elf(["--hyperv", "--crashed", "--cpus", "2", "--ram-mib", "256",
+                               "--out", str(self.cwd / filename)]) == 0
+
     def substitute(self, text: str) -> str:
         if self.vm is None:
             return text
@@ -143,6 +153,9 @@ class Runner:
                 continue  # syntax-checked in test_runbook_blocks_are_well_formed
             if step.sh.directive("fresh") is not None:
                 self.start_over()
+            given = step.sh.directive("given")
+            if given is not None:
+                self.provide(*given.split())
             output = ""
             for command in step.sh.commands():
                 if command.startswith("wincrash doctor") and not _doctor_available():
