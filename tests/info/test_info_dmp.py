@@ -70,7 +70,8 @@ def test_pagefile_with_embedded_triage_dump(tmp_path):
     pagefile.write_bytes(real + os.urandom(4096) + bytes(4 * 2**20 - len(real) - 4096))
     code, data = info_json(pagefile)
     assert data["kind"] == "pagefile"
-    assert data["pagefile"]["dump_bytes"] == 0x13A28C
+    assert data["pagefile"]["dump_bytes"] == len(real)  # SizeOfDump 0x13A28C + 20 secondary data blobs
+    assert data["secondary_data"] == {"blobs": 20, "bytes": len(real) - 0x13A28C}
     assert data["bugcheck"]["code"] == "0x1000007e"
     assert code == 0
 

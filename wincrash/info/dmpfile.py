@@ -121,8 +121,15 @@ def dump_extent(fh: BinaryIO) -> int:
     """How many bytes the dump at the start of ``fh`` occupies, according to its own header.
 
     Used to cut a crash dump out of pagefile.sys (Windows writes it at the start) and to detect
-    truncation. Raises WincrashError when the header does not say.
+    truncation. Secondary data ('DumpBlob' blobs that drivers add after the dump proper) counts as
+    part of the dump. Raises WincrashError when the header does not say.
     """
+    primary = primary_extent(fh)
+    return primary + secondary_data(fh, primary)[1]
+
+
+def primary_extent(fh: BinaryIO) -> int:
+    """Bytes of the dump proper (header and memory), without secondary data."""
     head = read_at(fh, 0, DUMP_HEADER64_SIZE)
     if head[:8] == DUMP_SIGNATURE64 and len(head) == DUMP_HEADER64_SIZE:
         header = DUMP_HEADER64.parse(head)
@@ -131,6 +138,37 @@ def dump_extent(fh: BinaryIO) -> int:
         header = DUMP_HEADER32.parse(head[:DUMP_HEADER32_SIZE])
         return _extent(fh, header, False)
     raise WincrashError("no complete crash dump header at the start of the file")
+
+
+DUMP_BLOB_SIGNATURE = b"DumpBlob"
+DUMP_BLOB_HEADER_SIZE = 0x20  # u32 HeaderSize, GUID Tag, u32 DataSize, u32 PrePad, u32 PostPad
+
+
+def secondary_data(fh: BinaryIO, start: int) -> tuple[int, int]:
+    """(number of blobs, bytes) of the secondary data that may follow a dump at ``start``.
+
+    DUMP_BLOB_FILE_HEADER ('DumpBlob', u32 HeaderSize, u32 BuildNumber), then blobs, each a
+    DUMP_BLOB_HEADER followed by PrePad + DataSize + PostPad bytes. The walk stops at the first
+    header that is not one (in a pagefile, whatever Windows wrote after the dump).
+    """
+    if start >= os.fstat(fh.fileno()).st_size:
+        return 0, 0
+    head = read_at(fh, start, 16)
+    if head[:8] != DUMP_BLOB_SIGNATURE:
+        return 0, 0
+    pos = start + max(16, int.from_bytes(head[8:12], "little"))
+    blobs = 0
+    while True:
+        raw = read_at(fh, pos, DUMP_BLOB_HEADER_SIZE)
+        if len(raw) < DUMP_BLOB_HEADER_SIZE or int.from_bytes(raw[:4], "little") != DUMP_BLOB_HEADER_SIZE:
+            break
+        size, pre, post = (int.from_bytes(raw[i:i + 4], "little") for i in (0x14, 0x18, 0x1C))
+        end = pos + DUMP_BLOB_HEADER_SIZE + pre + size + post
+        if len(read_at(fh, end - 1, 1)) != 1:
+            break  # the blob runs past the end of the file
+        blobs += 1
+        pos = end
+    return blobs, pos - start
 
 
 def _extent(fh: BinaryIO, header: Container, is64: bool) -> int:
@@ -228,6 +266,10 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
             problems.append(f"the file is {size:,} bytes but RequiredDumpSpace says {header.RequiredDumpSpace:,}: "
                             "the dump is truncated")
     if extent is not None:
+        blobs, secondary = secondary_data(fh, extent)
+        if blobs:
+            report.sections["secondary_data"] = {"blobs": blobs, "bytes": secondary}
+            extent += secondary
         report.sections["header"]["extent"] = extent
         if extent > size:
             problems.append(f"the header describes {extent:,} bytes of dump but the file has {size:,}: truncated")
