@@ -12,16 +12,14 @@ shared lock a reader needs, so its failure tells us the image is in use.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wincrash.errors import WincrashError, describe_os_error
+from wincrash.errors import WincrashError
+from wincrash.inputs import open_input
 
 LOCK_MARKERS = ('"write" lock', "Is another process using the image")
 
@@ -45,22 +43,8 @@ def _qemu_img() -> str:
 
 
 def _check_readable(path: Path) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise WincrashError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise WincrashError(describe_os_error(exc, path)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise WincrashError(f"{path}: is a directory, not a disk image")
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise WincrashError(f"{path}: permission denied (run as a user who can read the VM's disks, "
-                                "e.g. with sudo)") from None
-        raise WincrashError(describe_os_error(exc, path)) from None
+    fh, _size = open_input(path, "disk image", "run as a user who can read the VM's disks, e.g. with sudo")
+    fh.close()
 
 
 def _run_info(path: Path, force_share: bool) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,7 @@ a Report for everything else; the Report's problems decide exit 0 (sound) or 1.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +15,7 @@ from construct import ConstructError
 
 from wincrash.errors import WincrashError, describe_os_error
 from wincrash.info.report import Report
+from wincrash.inputs import open_input
 
 MIB = 1 << 20
 # Magic numbers of formats we recognise but do not convert; named so the user knows what they have.
@@ -29,26 +28,6 @@ OTHER_FORMATS = (
     (b"hibr", "hiberfil", "a Windows hibernation file (hiberfil.sys)"),
     (b"wake", "hiberfil", "a Windows hibernation file (hiberfil.sys), already resumed"),
 )
-
-
-def open_input(path: Path) -> tuple[BinaryIO, int]:
-    """Open an input read-only, with one-line errors for every way that fails."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise WincrashError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise WincrashError(describe_os_error(exc, path)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise WincrashError(f"{path}: is a directory, not a dump file")
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise WincrashError(f"{path}: permission denied (try sudo, or check the file's owner)") from None
-        raise WincrashError(describe_os_error(exc, path)) from None
-    size = st.st_size if stat.S_ISREG(st.st_mode) else fh.seek(0, os.SEEK_END)
-    return fh, size
 
 
 def describe_file(path: Path | str) -> Report:

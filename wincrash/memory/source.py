@@ -18,6 +18,7 @@ from typing import BinaryIO
 from construct import Container
 
 from wincrash.errors import WincrashError
+from wincrash.inputs import open_input
 from wincrash.memory.qemu_elf import ElfLayout, Segment, read_elf_layout
 
 PAGE = 0x1000
@@ -136,8 +137,6 @@ class PhysicalSource:
 
 def open_source(path: Path) -> PhysicalSource:
     """Open a memory image read-only and map it; the format is recognised by content."""
-    from wincrash.info import open_input
-
     fh, size = open_input(path)
     magic = os.pread(fh.fileno(), 8, 0)
     if magic[:4] == b"\x7fELF":
