@@ -159,6 +159,42 @@ def _bitmap_sources(source: PhysicalSource, base: int, count: int,
     return pieces
 
 
+def _write_present(dst: int, data: memoryview, pa: int, edits: dict[int, list[tuple[int, bytes]]],
+                   bitmap: bytearray, offset: int) -> int:
+    """Write the non-zero pages of ``data`` (guest-physical ``pa``) at ``offset``; mark them; return how many.
+
+    Runs of present pages go to the kernel as slices of the read buffer (pwritev), so page data is
+    never copied in Python; only patched pages are rebuilt.
+    """
+    buffers: list[memoryview | bytes] = []
+    run_start = None
+    count = 0
+    for p in range(0, len(data), PAGE_SIZE):
+        pfn = (pa + p) // PAGE_SIZE
+        patched = edits.get(pfn)
+        if patched is None and data[p:p + PAGE_SIZE] != ZERO_PAGE:
+            if run_start is None:
+                run_start = p
+        else:
+            if run_start is not None:
+                buffers.append(data[run_start:p])
+                run_start = None
+            if patched is None:
+                continue
+            buffers.append(_apply(bytes(data[p:p + PAGE_SIZE]), patched))
+        bitmap[pfn >> 3] |= 1 << (pfn & 7)
+        count += 1
+    if run_start is not None:
+        buffers.append(data[run_start:])
+    for i in range(0, len(buffers), 512):  # IOV_MAX is 1024 on Linux
+        group = buffers[i:i + 512]
+        written = os.pwritev(dst, group, offset)
+        if written != sum(len(b) for b in group):
+            raise OSError(errno.EIO, "short write")
+        offset += written
+    return count
+
+
 def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]], out: BinaryIO,
                  advance: Callable[[int], None]) -> WriteResult:
     """DumpType 5 ('FDMP') in one pass over the input.
@@ -179,20 +215,8 @@ def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tup
             for chunk_at in range(0, n, SCAN_CHUNK):
                 size = min(SCAN_CHUNK, n - chunk_at)
                 data = os.pread(source.fileno, size, file_off + chunk_at) if file_off is not None else bytes(size)
-                data = data.ljust(size, b"\0")
-                batch = bytearray()
-                for p in range(0, size, PAGE_SIZE):
-                    pfn = (pa + chunk_at + p) // PAGE_SIZE
-                    page = data[p:p + PAGE_SIZE]
-                    if pfn in edits:
-                        page = _apply(page, edits[pfn])
-                    elif page == ZERO_PAGE:
-                        continue
-                    bitmap[pfn >> 3] |= 1 << (pfn & 7)
-                    batch += page
-                if batch:
-                    os.pwrite(dst, batch, first + written * PAGE_SIZE)
-                    written += len(batch) // PAGE_SIZE
+                written += _write_present(dst, memoryview(data.ljust(size, b"\0")), pa + chunk_at, edits, bitmap,
+                                          first + written * PAGE_SIZE)
         advance(count * PAGE_SIZE)
     size = first + written * PAGE_SIZE
     header.dump_type = DUMP_TYPE_BITMAP
