@@ -78,8 +78,10 @@ def local_name(install: WindowsInstall, f: GuestFile) -> Path:
 
 
 def _prepare_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # every level we create is private (mkdir's parents=True would make the upper ones 0755)
+        for level in reversed([path, *path.parents]):
+            if not level.exists():
+                level.mkdir(mode=0o700)
     except OSError as exc:
         raise WincrashError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(path, os.W_OK | os.X_OK):

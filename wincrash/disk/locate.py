@@ -257,7 +257,7 @@ def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> None:
             for name in sorted(g.find(real_dir)):
                 real = real_dir + "/" + name
                 if name.lower().endswith(".dmp") and g.is_file(real):
-                    add(role, windows_dir + "\\" + name.replace("/", "\\"), dev, real)
+                    add(role, windows_dir.rstrip("\\") + "\\" + name.replace("/", "\\"), dev, real)
 
 
 def _resolve_dir(g: Any, windows_dir: str, install: WindowsInstall, devices: list[str]) -> list[tuple[str, str]]:
