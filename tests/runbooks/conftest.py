@@ -1,12 +1,8 @@
-"""Fixtures for the runbook tests: tests/disk's image builder (reused, not copied) and test guests.
-
-tests/disk/conftest.py is loaded under a unique module name and its session fixture re-exported, so
-the runbooks run against exactly the images the disk tests use.
-"""
+"""Fixtures for the runbook tests: test guests (the disk images come from the `disks` session fixture
+in tests/conftest.py, shared with tests/disk, so they are built once per run)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -17,21 +13,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # runbook_parse.py beside this file, imported by its unique name
-
-
-def _load_disk_conftest():  # noqa: ANN202 - a module
-    name = "wincrash_tests_disk_images"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE.parent / "disk" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-disks = _load_disk_conftest().disks  # the session fixture that builds the libguestfs test images
 
 
 @pytest.fixture

@@ -93,8 +93,7 @@ def _mkdir_upload(g, mount: str, files: dict[str, Path]) -> None:
         g.upload(str(source), mount + guest)
 
 
-@pytest.fixture(scope="session")
-def disks(tmp_path_factory: pytest.TempPathFactory) -> DiskSet:
+def build_disks(tmp_path_factory: pytest.TempPathFactory) -> DiskSet:
     """Build every test image (about a minute: two appliance launches under TCG)."""
     for sample in (HIVE10, HIVE7, TRIAGE):
         if not sample.is_file():
@@ -188,9 +187,3 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> DiskSet:
         if path.is_file():
             path.chmod(0o644)
     return ds
-
-
-@pytest.fixture(scope="session", name="sha256")
-def sha256_fixture():
-    """sha256(path) -> hex digest, to prove input images are unchanged."""
-    return sha256
