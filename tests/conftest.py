@@ -30,3 +30,19 @@ def sha256_fixture():  # noqa: ANN201
     from disk_images import sha256
 
     return sha256
+
+
+@pytest.fixture
+def libvirt_system():  # noqa: ANN201 - a libvirt.virConnect
+    """A connection to the real libvirtd (qemu:///system) that can start QEMU; skip with the reason otherwise."""
+    import shutil
+
+    libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+    yield conn
+    conn.close()

@@ -47,14 +47,9 @@ def test_bad_uri() -> None:
 
 
 @pytest.fixture
-def libvirt_domain() -> Iterator[Callable[..., tuple[str, GuestMemory]]]:
+def libvirt_domain(libvirt_system) -> Iterator[Callable[..., tuple[str, GuestMemory]]]:  # noqa: ANN001
     """Transient TCG domains on the real libvirtd; skip when none is reachable."""
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+    conn = libvirt_system
     workdir = Path(tempfile.mkdtemp(prefix="wclv-"))
     os.chmod(workdir, 0o755)  # QEMU runs as libvirt-qemu and must reach the firmware and RAM blobs
     doms = []
@@ -71,7 +66,6 @@ def libvirt_domain() -> Iterator[Callable[..., tuple[str, GuestMemory]]]:
             dom.destroy()
         except libvirt.libvirtError:
             pass
-    conn.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
 

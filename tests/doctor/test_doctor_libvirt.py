@@ -31,13 +31,8 @@ def test_unknown_domain() -> None:
 
 
 @pytest.mark.qemu
-def test_real_domain(tmp_path: Path) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+def test_real_domain(tmp_path: Path, libvirt_system) -> None:  # noqa: ANN001
+    conn = libvirt_system
     workdir = Path(tempfile.mkdtemp(prefix="wcdl-"))
     name = f"wincrash-doctor-{os.getpid()}"
     dom = None
@@ -63,15 +58,11 @@ def test_real_domain(tmp_path: Path) -> None:
                 dom.destroy()
             except libvirt.libvirtError:
                 pass
-        conn.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_shut_off_domain_is_one_line_exit_2(tmp_path: Path) -> None:
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
+def test_shut_off_domain_is_one_line_exit_2(tmp_path: Path, libvirt_system) -> None:  # noqa: ANN001
+    conn = libvirt_system
     name = f"wincrash-doctor-off-{os.getpid()}"
     dom = conn.defineXML(domain_xml(name, tmp_path / name, None))  # defined, never started
     try:
@@ -82,4 +73,3 @@ def test_shut_off_domain_is_one_line_exit_2(tmp_path: Path) -> None:
                                        "again")
     finally:
         dom.undefine()
-        conn.close()
