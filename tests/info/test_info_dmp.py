@@ -47,7 +47,7 @@ def test_real_triage_dump_matches_known_facts():
     t = data["triage"]
     assert t["driver_count"] == 151 and t["valid_offset"] == "0x13a288"
     assert t["drivers"][0]["name"].endswith("ntoskrnl.exe") and t["drivers"][0]["base"] == "0xfffff8047ba00000"
-    # parameter 2 lies in amdppm.sys: find it among the drivers shown or at least check ntoskrnl does not hold it
+    assert bc["parameter_modules"] == [None, "amdppm.sys", None, None]  # parameter 2 lies in amdppm.sys
     k = t["kdbg"]
     assert k["kern_base"] == "0xfffff8047ba00000" and k["ki_processor_block"] == "0xfffff8047c6fdc80"
     assert k["mm_physical_memory_block"] == "0xfffff8047c6fc4a8"

@@ -399,14 +399,18 @@ def _describe_triage(fh: BinaryIO, size: int, report: Report) -> int | None:
     if triage.DriverCount > 4096:
         report.problems.append(f"implausible DriverCount {triage.DriverCount}")
     else:
-        for i in range(min(triage.DriverCount, TRIAGE_DRIVERS_SHOWN)):
-            entry_raw = read_at(fh, triage.DriverListOffset + i * DUMP_DRIVER_ENTRY64_SIZE, DUMP_DRIVER_ENTRY64_SIZE)
-            if len(entry_raw) < DUMP_DRIVER_ENTRY64_SIZE:
-                report.problems.append("the driver list runs past the end of the file")
-                break
-            entry = DUMP_DRIVER_ENTRY64.parse(entry_raw)
-            info["drivers"].append({"name": _dump_string(fh, entry.DriverNameOffset), "base": hx(entry.DllBase),
-                                    "size": hx(entry.SizeOfImage)})
+        drivers = []
+        table = read_at(fh, triage.DriverListOffset, triage.DriverCount * DUMP_DRIVER_ENTRY64_SIZE)
+        if len(table) < triage.DriverCount * DUMP_DRIVER_ENTRY64_SIZE:
+            report.problems.append("the driver list runs past the end of the file")
+        for i in range(len(table) // DUMP_DRIVER_ENTRY64_SIZE):
+            entry = DUMP_DRIVER_ENTRY64.parse(table[i * DUMP_DRIVER_ENTRY64_SIZE:(i + 1) * DUMP_DRIVER_ENTRY64_SIZE])
+            drivers.append((_dump_string(fh, entry.DriverNameOffset), entry.DllBase, entry.SizeOfImage))
+        info["drivers"] = [{"name": n, "base": hx(b), "size": hx(z)} for n, b, z in drivers[:TRIAGE_DRIVERS_SHOWN]]
+        # Which loaded driver each bugcheck parameter points into: often the first thing WinDbg says.
+        params = [int(p, 16) for p in report.sections["bugcheck"]["parameters"]]
+        report.sections["bugcheck"]["parameter_modules"] = [
+            next((n.rsplit("\\", 1)[-1] for n, b, z in drivers if n and b <= p < b + z), None) for p in params]
     info["kdbg"] = _triage_kdbg(fh, triage, report)
     return triage.SizeOfDump
 

@@ -52,7 +52,7 @@ def _print_section(console: Console, section: Any, indent: str = "  ") -> None:
             console.print(f"{indent}{key}:")
             _print_section(console, value, indent + "  ")
         elif value is not None:
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            shown = ", ".join("-" if v is None else str(v) for v in value) if isinstance(value, list) else value
             console.print(f"{indent}{key.ljust(width)}  {shown}")
 
 
