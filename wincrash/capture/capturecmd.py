@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from wincrash.capture.backend import DumpResult, VmBackend, open_backend
+from wincrash.capture.dumpcmd import dump_with_progress
 from wincrash.capture.events import PanicInfo
 from wincrash.capture.nmi import GUEST_NEEDS_NMI
 from wincrash.errors import EXIT_INTERRUPTED, EXIT_PROBLEMS, WincrashError
 from wincrash.output import check_destination, check_free_space
-from wincrash.progress import byte_progress
 
 
 @dataclass
@@ -56,21 +56,7 @@ async def _crash_and_dump(backend: VmBackend, elf: Path, wait: float, force: boo
                 f"{backend.target.describe()}: no panic reported within {wait:g} s after the NMI, so memory may "
                 f"not hold a bugcheck: {GUEST_NEEDS_NMI}. Nothing was written; for a live dump run "
                 "`wincrash capture` without --crash", exit_code=EXIT_PROBLEMS)
-    return panic, await _dump(backend, elf, force, show_progress)
-
-
-async def _dump(backend: VmBackend, elf: Path, force: bool, show_progress: bool) -> DumpResult:
-    total = await backend.memory_size()
-    with byte_progress("dump elf", total, show_progress) as advance:
-        last = 0
-
-        def progress(done: int, _total: int) -> None:
-            nonlocal last
-            if done > last:
-                advance(done - last)
-                last = done
-
-        return await backend.dump(elf, "elf", force, progress)
+    return panic, await dump_with_progress(backend, elf, "elf", force, show_progress)
 
 
 async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, crash: bool, keep_elf: bool,
@@ -85,7 +71,7 @@ async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, cr
         if crash:
             panic, dumped = await _crash_and_dump(backend, elf, wait, force, show_progress)
         else:
-            panic, dumped = None, await _dump(backend, elf, force, show_progress)
+            panic, dumped = None, await dump_with_progress(backend, elf, "elf", force, show_progress)
         return backend.target.as_dict(), panic, dumped
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from wincrash.capture.backend import DUMP_FORMATS, DumpResult, open_backend
+from wincrash.capture.backend import DUMP_FORMATS, DumpResult, VmBackend, open_backend
 from wincrash.capture.target import parse_target
 from wincrash.errors import EXIT_INTERRUPTED, WincrashError
 from wincrash.progress import byte_progress
@@ -24,20 +24,26 @@ def default_output(vm: str, connect: str | None, fmt: str) -> Path:
     return Path(f"{base}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{SUFFIX[fmt]}")
 
 
+async def dump_with_progress(backend: VmBackend, out: Path, fmt: str, force: bool, show_progress: bool
+                             ) -> DumpResult:
+    """dump-guest-memory through ``backend`` with a progress bar fed from QEMU's own progress reports."""
+    total = await backend.memory_size()
+    with byte_progress(f"dump {fmt}", total, show_progress) as advance:
+        last = 0
+
+        def progress(done: int, _total: int) -> None:
+            nonlocal last
+            if done > last:
+                advance(done - last)
+                last = done
+
+        return await backend.dump(out, fmt, force, progress)
+
+
 async def dump_async(vm: str, connect: str | None, out: Path, fmt: str, force: bool, show_progress: bool
                      ) -> DumpResult:
     async with open_backend(vm, connect) as backend:
-        total = await backend.memory_size()
-        with byte_progress(f"dump {fmt}", total, show_progress) as advance:
-            last = 0
-
-            def progress(done: int, _total: int) -> None:
-                nonlocal last
-                if done > last:
-                    advance(done - last)
-                    last = done
-
-            return await backend.dump(out, fmt, force, progress)
+        return await dump_with_progress(backend, out, fmt, force, show_progress)
 
 
 def run_dump(vm: str, connect: str | None = None, out: Path | None = None, fmt: str = "elf", force: bool = False,
