@@ -96,6 +96,28 @@ class WindowsFacts:
         }
 
 
+def idt_handler(space: AddressSpace, idt_base: int) -> int | None:
+    """The address of IDT vector 0's handler (divide error: code inside the kernel that owns the IDT)."""
+    gate = space.read(idt_base, 16)
+    if gate is None:
+        return None
+    return struct.unpack_from("<H", gate, 0)[0] | struct.unpack_from("<H", gate, 6)[0] << 16 | \
+        struct.unpack_from("<I", gate, 8)[0] << 32
+
+
+def images_around_idt_handler(space: AddressSpace, idt_base: int, want_exports: bool = True) -> Iterator[PeImage]:
+    """PE images that contain the IDT's divide-error handler, scanning down from it page by page."""
+    handler = idt_handler(space, idt_base)
+    if handler is None:
+        return
+    for back in range(0, MAX_SCAN_BACK, 0x1000):
+        base = (handler & ~0xFFF) - back
+        if space.read(base, 2) == b"MZ":
+            image = parse_pe(space.read, base, want_exports=want_exports)
+            if image and image.contains(handler):
+                yield image
+
+
 class WindowsLocator:
     """Runs the search over one memory source."""
 
@@ -121,18 +143,8 @@ class WindowsLocator:
         if cpu_mode(cpu) != "long":
             return None
         space = self._space(cr3_base(cpu.cr[3]))
-        idt = space.read(cpu.idt.base, 16)
-        if idt is None:
-            return None
-        handler = struct.unpack_from("<H", idt, 0)[0] | struct.unpack_from("<H", idt, 6)[0] << 16 | \
-            struct.unpack_from("<I", idt, 8)[0] << 32
-        for back in range(0, MAX_SCAN_BACK, 0x1000):
-            base = (handler & ~0xFFF) - back
-            if space.read(base, 2) == b"MZ":
-                image = parse_pe(space.read, base, want_exports=False)
-                if image and image.contains(handler):
-                    return image if is_hypervisor_pdb(image.pdb_name) else None
-        return None
+        image = next(images_around_idt_handler(space, cpu.idt.base, want_exports=False), None)
+        return image if image is not None and is_hypervisor_pdb(image.pdb_name) else None
 
     def _classify_notes(self, by_kprcb: dict[int, int]) -> tuple[dict[int, int], list[int]]:
         """(processor number -> note index for notes in NT context, note indexes in hypervisor context)."""
@@ -212,23 +224,14 @@ class WindowsLocator:
         self.facts.methods["kernel"] = kernel_method
 
     def _kernel_from_idt(self, space: AddressSpace, cpu: Container, index: int) -> PeImage | None:
-        idt = space.read(cpu.idt.base, 16 * 3)
-        if idt is None:
+        if idt_handler(space, cpu.idt.base) is None:
             self.facts.tried.append(f"IDT of vCPU {index} at 0x{cpu.idt.base:x} is not mapped")
             return None
-        lo, mid, hi = struct.unpack_from("<H", idt, 0)[0], struct.unpack_from("<H", idt, 6)[0], \
-            struct.unpack_from("<I", idt, 8)[0]
-        handler = lo | (mid << 16) | (hi << 32)
-        page = handler & ~0xFFF
-        for back in range(0, MAX_SCAN_BACK, 0x1000):
-            base = page - back
-            head = space.read(base, 2)
-            if head != b"MZ":
-                continue
-            image = parse_pe(space.read, base)
-            if image and is_kernel_pdb(image.pdb_name) and image.contains(handler):
+        for image in images_around_idt_handler(space, cpu.idt.base):
+            if is_kernel_pdb(image.pdb_name):
                 return image
-        self.facts.tried.append(f"no ntoskrnl image below the vCPU {index} divide-error handler 0x{handler:x}")
+        self.facts.tried.append(f"no ntoskrnl image below the vCPU {index} divide-error handler "
+                                f"0x{idt_handler(space, cpu.idt.base):x}")
         return None
 
     def _kernel_by_scan(self, space: AddressSpace) -> PeImage | None:
