@@ -9,7 +9,7 @@ Windows' own KPRCB state.
 
 from __future__ import annotations
 
-import bisect
+import os
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -82,9 +82,8 @@ def savevm_segments(path: Path, fh: BinaryIO) -> tuple[PackedSegments, int]:
     for offset, length, mapped_offset, mapped_length, _layer in mappings:
         if mapped_length == length:
             segments.append(Segment(offset, length, mapped_offset, length))
-        elif fh.seek(mapped_offset) is not None and fh.read(1) != b"\0":
+        elif os.pread(fh.fileno(), 1, mapped_offset) != b"\0":  # a page QEMU sent as one fill byte
             nonzero_fill += length // 0x1000
-    segments.sort()
     return segments, nonzero_fill
 
 
@@ -93,4 +92,3 @@ def segment_starts(segments: Sequence[Segment]) -> Sequence[int]:
     return segments.paddr if isinstance(segments, PackedSegments) else [s.paddr for s in segments]
 
 
-__all__ = ["PackedSegments", "savevm_segments", "segment_starts", "bisect"]
