@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from wincrash.testguest.memory import synth_memory  # noqa: E402
-from wincrash.testguest.vm import TestGuest  # noqa: E402
+from wincrash_testkit.testguest.memory import synth_memory  # noqa: E402
+from wincrash_testkit.testguest.vm import TestGuest  # noqa: E402
 
 
 def wincrash(*args: object) -> tuple[float, dict]:

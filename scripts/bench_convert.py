@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `wincrash convert` against `cp` of the same input on the same disk, in one run.
 
-For each guest size: generate a synthetic Windows guest (wincrash.synth), fill part of its RAM with
+For each guest size: generate a synthetic Windows guest (wincrash_testkit.synth), fill part of its RAM with
 random data (a busy guest), then time `cp` of the ELF, `convert --format full` and
 `convert --format bitmap`, and record each child's peak RSS (wait4 rusage). A mostly-zero guest
 (no fill) shows the bitmap format's advantage. Ratios are throughput ratios to cp measured in the
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from wincrash_testkit.synth.guest import GuestSpec, generate  # noqa: E402
+from wincrash_testkit.synth.writers import write_qemu_elf  # noqa: E402
+
 from wincrash.memory.qemu_elf import read_elf_layout  # noqa: E402
-from wincrash.synth.guest import GuestSpec, generate  # noqa: E402
-from wincrash.synth.writers import write_qemu_elf  # noqa: E402
 
 BLOCK = 2 << 20
 

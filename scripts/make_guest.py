@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wincrash.synth.cli import run  # noqa: E402
+from wincrash_testkit.synth.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run())

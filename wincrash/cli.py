@@ -135,8 +135,8 @@ def convert(
     json_out: JsonOpt = False,
 ) -> None:
     """Turn a QEMU memory dump into a WinDbg-loadable MEMORY.DMP, offline and without symbols."""
-    from wincrash.dump.convert import convert_file, default_output
-    from wincrash.dump.render import print_conversion
+    from wincrash.convert.pipeline import convert_file, default_output
+    from wincrash.convert.render import print_conversion
 
     result = convert_file(input_file, output or default_output(input_file), profile, fmt, force,
                           progress=not json_out)

@@ -13,8 +13,8 @@ import pytest
 # capture_helpers.py sits beside this file; tests import it by its (unique) name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wincrash.testguest.memory import GuestMemory, trivial_memory
-from wincrash.testguest.vm import TestGuest
+from wincrash_testkit.testguest.memory import GuestMemory, trivial_memory
+from wincrash_testkit.testguest.vm import TestGuest
 
 
 @pytest.fixture

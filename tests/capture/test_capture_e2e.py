@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from capture_helpers import read_qemu_elf
 from helpers import dump_read_va, first_module_name, run_wincrash, u64
-
-from wincrash.testguest.memory import synth_memory
+from wincrash_testkit.testguest.memory import synth_memory
 
 kdmp_parser = pytest.importorskip("kdmp_parser", reason="kdmp-parser is not installed")
 pytestmark = pytest.mark.qemu

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from capture_helpers import read_phys, read_qemu_elf
 from helpers import run_wincrash
-
-from wincrash.testguest.libvirt_domain import domain_xml
-from wincrash.testguest.memory import GuestMemory, trivial_memory
+from wincrash_testkit.testguest.libvirt_domain import domain_xml
+from wincrash_testkit.testguest.memory import GuestMemory, trivial_memory
 
 libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
 _names = itertools.count()

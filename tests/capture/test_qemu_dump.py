@@ -17,7 +17,7 @@ from helpers import REPO, run_wincrash
 
 pytestmark = pytest.mark.qemu
 
-ROM_LINEAR = 0xF0000  # where the test guest's firmware runs (wincrash.testguest.stub)
+ROM_LINEAR = 0xF0000  # where the test guest's firmware runs (wincrash_testkit.testguest.stub)
 
 
 def _check_stub_registers(path: Path, guest) -> list[dict[str, int]]:  # noqa: ANN001

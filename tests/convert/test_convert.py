@@ -19,9 +19,8 @@ from pathlib import Path
 import kdmp_parser
 import pytest
 from helpers import REPO, dump_read_va, first_module_name, run_wincrash, u64
-
-from wincrash.synth.guest import GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf
+from wincrash_testkit.synth.guest import GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf
 
 PAGE = 0x1000
 CASES = [  # (build, cpus, ram_mib, crashed, format)
@@ -257,7 +256,7 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
 
 def test_32bit_guest_is_refused(small_guest, tmp_path):
     """Notes of vCPUs in protected mode (no long mode): say so instead of failing obscurely."""
-    from parsers.elf import DESC_B_MASK, DESC_L_MASK, QEMUCPUState
+    from wincrash.formats.elf import DESC_B_MASK, DESC_L_MASK, QEMUCPUState
 
     _guest, elf = small_guest
     data = bytearray(elf.read_bytes()[:1 << 20])  # headers and notes; memory follows

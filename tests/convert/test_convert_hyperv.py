@@ -13,9 +13,8 @@ import struct
 import kdmp_parser
 import pytest
 from helpers import dump_read_va, first_module_name, run_wincrash
-
-from wincrash.synth.guest import GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf
+from wincrash_testkit.synth.guest import GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf
 
 CASES = [(17763, 4, None), (19041, 4, None), (19041, 4, (1, 3)), (17763, 1, None)]
 

@@ -25,8 +25,8 @@ def savevm(tmp_path_factory):
     for tool in ("qemu-system-x86_64", "as", "ld", "objcopy"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    from wincrash.testguest.memory import synth_memory
-    from wincrash.testguest.vm import TestGuest
+    from wincrash_testkit.testguest.memory import synth_memory
+    from wincrash_testkit.testguest.vm import TestGuest
 
     work = Path(tmp_path_factory.mktemp("sv"))
     memory = synth_memory(build=17763, cpus=2, ram_mib=256, seed=11)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_wincrash
-
-from wincrash.testguest.libvirt_domain import domain_xml
+from wincrash_testkit.testguest.libvirt_domain import domain_xml
 
 libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
 

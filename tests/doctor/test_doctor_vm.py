@@ -155,7 +155,7 @@ def test_firmware_unknown_rom_is_a_warning(qemu: QemuStarter, tmp_path: Path) ->
 
 def test_crashed_guest(tmp_path: Path) -> None:
     """The Windows-like test guest bugchecks on an NMI and reports it through pvpanic: status guest-panicked."""
-    from wincrash.testguest.vm import TestGuest
+    from wincrash_testkit.testguest.vm import TestGuest
 
     for tool in ("qemu-system-x86_64", "as", "ld", "objcopy"):
         if shutil.which(tool) is None:

@@ -6,8 +6,8 @@ import pytest
 from construct import Container
 from helpers import sample_file
 
-from parsers.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, XMM_SAVE_AREA32
-from parsers.dump import (
+from wincrash.formats.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, XMM_SAVE_AREA32
+from wincrash.formats.dump import (
     BITMAP_SUMMARY_HEADER,
     DUMP_HEADER32,
     DUMP_HEADER32_SIZE,
@@ -17,7 +17,7 @@ from parsers.dump import (
     EXCEPTION_RECORD64,
     PHYSICAL_MEMORY_DESCRIPTOR64,
 )
-from parsers.triage import DUMP_DRIVER_ENTRY64, DUMP_DRIVER_ENTRY64_SIZE, TRIAGE_DUMP64
+from wincrash.formats.triage import DUMP_DRIVER_ENTRY64, DUMP_DRIVER_ENTRY64_SIZE, TRIAGE_DUMP64
 
 
 def offset_of(struct, name: str) -> int:

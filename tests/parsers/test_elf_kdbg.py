@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from construct import Container
 
-from parsers import elf, kdbg
+from wincrash.formats import elf, kdbg
 
 
 def _zero(con) -> Container:

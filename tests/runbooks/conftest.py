@@ -29,8 +29,8 @@ def make_guest(short_dir: Path) -> Iterator[Callable[..., object]]:
     for tool in ("qemu-system-x86_64", "as", "ld", "objcopy"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    from wincrash.testguest.memory import synth_memory
-    from wincrash.testguest.vm import TestGuest
+    from wincrash_testkit.testguest.memory import synth_memory
+    from wincrash_testkit.testguest.vm import TestGuest
 
     started: list[TestGuest] = []
 

@@ -133,7 +133,7 @@ class Runner:
         assert what == "hyperv-elf", f"{self.name}: unknown `given {what}`"
         # A crashed root partition under Hyper-V with VBS, every vCPU note in hypervisor context: what
         # dump-guest-memory gives for such a guest (the generator of the convert tests).
-        from wincrash.synth.cli import run as make_guest_elf
+        from wincrash_testkit.synth.cli import run as make_guest_elf
 
         assert make_guest_elf(["--hyperv", "--crashed", "--cpus", "2", "--ram-mib", "256",
                                "--out", str(self.cwd / filename)]) == 0

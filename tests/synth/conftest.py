@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from wincrash.synth.guest import Guest, GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf
+from wincrash_testkit.synth.guest import Guest, GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf
 
 
 class GuestMemory:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from wincrash.synth import kdbg_codec
+from wincrash_testkit.synth import kdbg_codec
 
 REPO = Path(__file__).resolve().parents[2]
 M64 = (1 << 64) - 1

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from wincrash_testkit.synth.guest import GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf, write_raw
 
-from parsers import elf, kdbg
-from wincrash.synth.guest import GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf, write_raw
+from wincrash.formats import elf, kdbg
 from wincrash.windows.offsets import BUILDS, KUSER_SHARED_DATA_VA
 
 BUILD_LIST = sorted(BUILDS)

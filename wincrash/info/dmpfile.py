@@ -12,8 +12,9 @@ from typing import Any, BinaryIO
 
 from construct import Container
 
-from parsers.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, CONTEXT_FLOATING_POINT
-from parsers.dump import (
+from wincrash.errors import WincrashError
+from wincrash.formats.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, CONTEXT_FLOATING_POINT
+from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,
     BITMAP_KERNEL_SIGNATURE,
     BITMAP_SUMMARY_HEADER,
@@ -41,7 +42,7 @@ from parsers.dump import (
     PHYSICAL_MEMORY_RUN32,
     PHYSICAL_MEMORY_RUN64,
 )
-from parsers.triage import (
+from wincrash.formats.triage import (
     DUMP_DRIVER_ENTRY64,
     DUMP_DRIVER_ENTRY64_SIZE,
     DUMP_STRING_HEAD,
@@ -49,7 +50,6 @@ from parsers.triage import (
     TRIAGE_DUMP64,
     TRIAGE_VALID,
 )
-from wincrash.errors import WincrashError
 from wincrash.info.report import Report, duration_100ns, filetime_to_iso
 from wincrash.windows.bugcheck import bugcheck_name, describe_bugcheck
 
@@ -427,7 +427,7 @@ def _dump_string(fh: BinaryIO, offset: int) -> str | None:
 
 def _triage_kdbg(fh: BinaryIO, triage: Container, report: Report) -> dict[str, Any] | None:
     """The plain KDDEBUGGER_DATA64 copy Windows embeds in triage dumps."""
-    from parsers.kdbg import KDBG_OWNER_TAG, KDDEBUGGER_DATA64
+    from wincrash.formats.kdbg import KDBG_OWNER_TAG, KDDEBUGGER_DATA64
 
     size = KDDEBUGGER_DATA64.sizeof()
     if not triage.DebuggerDataOffset or triage.DebuggerDataSize < 0x340:

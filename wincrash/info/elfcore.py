@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from parsers.elf import EM_X86_64
+from wincrash.formats.elf import EM_X86_64
 from wincrash.info.report import Report
 from wincrash.memory.qemu_elf import cpu_summary, machine_name, read_elf_layout
 

@@ -13,7 +13,8 @@ from typing import Any, BinaryIO
 
 from construct import Container
 
-from parsers.elf import (
+from wincrash.errors import WincrashError
+from wincrash.formats.elf import (
     DESC_B_MASK,
     DESC_L_MASK,
     ELF64_EHDR_SIZE,
@@ -36,7 +37,6 @@ from parsers.elf import (
     X86_64_ElfPrstatus,
     note_pad,
 )
-from wincrash.errors import WincrashError
 
 MAX_NOTES_BYTES = 64 << 20  # a 4096-vCPU guest needs ~3 MiB of notes; more means a corrupt header
 MAX_PHDRS = 4096

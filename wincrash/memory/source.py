@@ -169,7 +169,7 @@ def open_source(path: Path) -> PhysicalSource:
 
 def _open_dmp(path: Path, fh: BinaryIO, size: int) -> PhysicalSource:
     """An existing full or bitmap DMP as a memory source (to re-write or repair it)."""
-    from parsers.dump import BITMAP_SUMMARY_HEADER, DUMP_HEADER64, DUMP_HEADER64_SIZE
+    from wincrash.formats.dump import BITMAP_SUMMARY_HEADER, DUMP_HEADER64, DUMP_HEADER64_SIZE
     from wincrash.info.dmpfile import parse_runs
 
     header = DUMP_HEADER64.parse(os.pread(fh.fileno(), DUMP_HEADER64_SIZE, 0))

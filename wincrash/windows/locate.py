@@ -15,8 +15,8 @@ from typing import Any
 
 from construct import Container
 
-from parsers.kdbg import KDDEBUGGER_DATA64
 from wincrash.errors import WincrashError
+from wincrash.formats.kdbg import KDDEBUGGER_DATA64
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource
 from wincrash.windows import kdbg as kdbgmod

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from parsers import elf
-from wincrash.synth.cpu import CpuState
-from wincrash.synth.guest import Guest
-from wincrash.synth.physmem import PAGE
+from wincrash.formats import elf
+from wincrash_testkit.synth.cpu import CpuState
+from wincrash_testkit.synth.guest import Guest
+from wincrash_testkit.synth.physmem import PAGE
 
 
 def _qemu_note(cpu: CpuState) -> bytes:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from parsers.dump import BITMAP_FULL_SIGNATURE, DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_FULL, PAGE_SIZE
-from wincrash.dump.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.formats.dump import BITMAP_FULL_SIGNATURE, DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_FULL, PAGE_SIZE
 from wincrash.memory.source import PhysicalSource
 
 COPY_CHUNK = 64 << 20

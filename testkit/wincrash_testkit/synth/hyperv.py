@@ -19,9 +19,10 @@ import struct
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from parsers.context import CONTEXT_AMD64_STRUCT, FPU_CONTROL_DEFAULT, GPR_NAMES, MXCSR_DEFAULT
-from wincrash.synth import pe
-from wincrash.synth.cpu import (
+from wincrash.formats.context import CONTEXT_AMD64_STRUCT, FPU_CONTROL_DEFAULT, GPR_NAMES, MXCSR_DEFAULT
+from wincrash.windows.offsets import KUSER_SHARED_DATA_VA
+from wincrash_testkit.synth import pe
+from wincrash_testkit.synth.cpu import (
     GPRS,
     KERNEL_CS_FLAGS,
     KERNEL_SS_FLAGS,
@@ -31,13 +32,12 @@ from wincrash.synth.cpu import (
     gdt_bytes,
     idt_entry,
 )
-from wincrash.synth.layout import RamLayout
-from wincrash.synth.paging import KERNEL_CODE, KERNEL_DATA, AddressSpace, VaAllocator, canonical
-from wincrash.synth.physmem import LARGE, PAGE, PAGES_PER_LARGE, PhysAllocator
-from wincrash.windows.offsets import KUSER_SHARED_DATA_VA
+from wincrash_testkit.synth.layout import RamLayout
+from wincrash_testkit.synth.paging import KERNEL_CODE, KERNEL_DATA, AddressSpace, VaAllocator, canonical
+from wincrash_testkit.synth.physmem import LARGE, PAGE, PAGES_PER_LARGE, PhysAllocator
 
 if TYPE_CHECKING:
-    from wincrash.synth.guest import _Builder
+    from wincrash_testkit.synth.guest import _Builder
 
 CONTEXT_FRAME_FLAGS = 0x10000F  # CONTROL | INTEGER | SEGMENTS | FLOATING_POINT, as KiSaveProcessorState stores
 HV_CR0 = 0x80010031  # PG WP NE ET PE

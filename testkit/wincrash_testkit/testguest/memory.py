@@ -2,7 +2,7 @@
 
 QEMU maps the file as guest RAM (memory-backend-file, share=off: the file itself is never written),
 so whatever page map we are given (a hand-made one here, or the synthetic Windows memory of
-wincrash.synth) is in guest RAM at its physical addresses from the first instruction on.
+wincrash_testkit.synth) is in guest RAM at its physical addresses from the first instruction on.
 
 The firmware needs a little RAM of its own (stacks, a lock word) and needs to run with CR3 = the
 image's DTB. We take free pages at the top of low RAM, and point PML4[0] of the DTB (the user half,
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wincrash.testguest.stub import NMI_HANDLER, StubConfig
+from wincrash_testkit.testguest.stub import NMI_HANDLER, StubConfig
 
 PAGE = 0x1000
 GIB = 1 << 30
@@ -184,7 +184,7 @@ def trivial_memory(ncpus: int = 1) -> GuestMemory:
     """A hand-made minimal "kernel": a DTB mapping KPCRs and KiBugcheckData at Windows-like VAs.
 
     Enough for the capture tests (CR3, GS base, the bugcheck store); the synthetic Windows memory
-    of wincrash.synth replaces it where a converter has to find a real-looking kernel.
+    of wincrash_testkit.synth replaces it where a converter has to find a real-looking kernel.
     """
     kva = 0xFFFFF80000000000  # PML4 index 0x1F0
     dtb, pdpt, pd, pt = 0x1AA000, 0x1AB000, 0x1AC000, 0x1AD000
@@ -218,12 +218,12 @@ def from_page_map(pages: Mapping[int, bytes], dtb: int, gs_bases: list[int], bug
 
 
 def synth_memory(build: int = 19041, cpus: int = 2, ram_mib: int = 256, seed: int = 1) -> GuestMemory:
-    """The synthetic Windows of wincrash.synth, not crashed: the firmware's NMI handler does the crashing.
+    """The synthetic Windows of wincrash_testkit.synth, not crashed: the firmware's NMI handler does the crashing.
 
     Each vCPU loads that Windows' own GDT and IDT (vector 2 patched to the firmware's handler), so a
     converter finds the kernel through the IDT exactly as on a real guest.
     """
-    from wincrash.synth.guest import GuestSpec, generate
+    from wincrash_testkit.synth.guest import GuestSpec, generate
 
     guest = generate(GuestSpec(build=build, cpus=cpus, ram_mib=ram_mib, seed=seed, crashed=False))
     procs = guest.truth["processors"]

@@ -6,7 +6,7 @@ import json
 
 from rich.console import Console
 
-from wincrash.dump.convert import ConversionResult
+from wincrash.convert.pipeline import ConversionResult
 
 
 def print_conversion(result: ConversionResult, as_json: bool = False) -> None:

@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from wincrash.testguest.memory import GuestMemory, build_ram_file, trivial_memory
-from wincrash.testguest.stub import StubConfig, build_rom
+from wincrash_testkit.testguest.memory import GuestMemory, build_ram_file, trivial_memory
+from wincrash_testkit.testguest.stub import StubConfig, build_rom
 
 QEMU = "qemu-system-x86_64"
 

@@ -1,6 +1,6 @@
 """The conversion pipeline: memory source -> find Windows -> patch -> write a DMP (full or bitmap).
 
-Sources (memory/) -> analysis (windows/) -> writers (dump/writer.py), in one direction. This module
+Sources (memory/) -> analysis (windows/) -> writers (dmp/writer.py), in one direction. This module
 only decides: which header values to use, which patches to apply, and what to tell the user.
 """
 
@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parsers.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT
-from parsers.dump import DUMP_HEADER64_SIZE, MAX_RUNS64, PAGE_SIZE
 from wincrash import __version__
-from wincrash.dump.context import context_from_note
-from wincrash.dump.header import HeaderFields
-from wincrash.dump.writer import (
+from wincrash.dmp.context import context_from_note
+from wincrash.dmp.header import HeaderFields
+from wincrash.dmp.writer import (
     bitmap_layout,
     data_bytes_in_runs,
     write_bitmap,
     write_full,
 )
 from wincrash.errors import WincrashError
+from wincrash.formats.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT
+from wincrash.formats.dump import DUMP_HEADER64_SIZE, MAX_RUNS64, PAGE_SIZE
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource, open_source
 from wincrash.output import atomic_output, check_destination, check_free_space

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from construct import Container
 
-from parsers.dump import (
+from wincrash.formats.dump import (
     BITMAP_SUMMARY_HEADER,
     DUMP_HEADER64,
     DUMP_HEADER64_SIZE,

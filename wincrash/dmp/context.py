@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from construct import Container
 
-from parsers.context import (
+from wincrash.formats.context import (
     CONTEXT_AMD64_SIZE,
     CONTEXT_AMD64_STRUCT,
     CONTEXT_CONTROL,

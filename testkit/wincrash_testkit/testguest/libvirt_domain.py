@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from wincrash.testguest.memory import GuestMemory, build_loader_blobs
-from wincrash.testguest.stub import build_rom
+from wincrash_testkit.testguest.memory import GuestMemory, build_loader_blobs
+from wincrash_testkit.testguest.stub import build_rom
 
 
 def domain_xml(name: str, workdir: Path, memory: GuestMemory | None, ram_mib: int = 64) -> str:

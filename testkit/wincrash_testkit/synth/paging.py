@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from wincrash.synth.physmem import LARGE, PAGE, PageMap, PhysAllocator
+from wincrash_testkit.synth.physmem import LARGE, PAGE, PageMap, PhysAllocator
 
 P, RW, US, PWT, PCD, A, D, PS, G = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100
 NX = 1 << 63

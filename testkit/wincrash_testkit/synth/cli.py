@@ -10,8 +10,8 @@ from pathlib import Path
 
 from wincrash.errors import WincrashError
 from wincrash.output import atomic_output
-from wincrash.synth.guest import SUPPORTED_BUILDS, GuestSpec, generate
-from wincrash.synth.writers import write_qemu_elf, write_raw
+from wincrash_testkit.synth.guest import SUPPORTED_BUILDS, GuestSpec, generate
+from wincrash_testkit.synth.writers import write_qemu_elf, write_raw
 
 
 def _int(text: str) -> int:

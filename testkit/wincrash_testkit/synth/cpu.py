@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from parsers.elf import DESC_B_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_S_MASK
+from wincrash.formats.elf import DESC_B_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_S_MASK
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
         "r15")

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from construct import Container
 
-from parsers.kdbg import DBGKD_GET_VERSION64, KDDEBUGGER_DATA64, KDDEBUGGER_DATA64_FIELD_NAMES
-from wincrash.synth import hyperv, kdbg_codec, pe
-from wincrash.synth.cpu import GPRS, CpuState, gdt_bytes, idt_entry, kernel_segments
-from wincrash.synth.layout import MIB, RamLayout, make_layout
-from wincrash.synth.paging import (
+from wincrash.formats.kdbg import DBGKD_GET_VERSION64, KDDEBUGGER_DATA64, KDDEBUGGER_DATA64_FIELD_NAMES
+from wincrash.windows.offsets import KUSER_SHARED_DATA_VA, WindowsBuild, get_build, kdbg_offset_fields
+from wincrash_testkit.synth import hyperv, kdbg_codec, pe
+from wincrash_testkit.synth.cpu import GPRS, CpuState, gdt_bytes, idt_entry, kernel_segments
+from wincrash_testkit.synth.layout import MIB, RamLayout, make_layout
+from wincrash_testkit.synth.paging import (
     KERNEL_DATA,
     NX,
     RW,
@@ -31,8 +32,7 @@ from wincrash.synth.paging import (
     canonical,
     pte_base,
 )
-from wincrash.synth.physmem import LARGE, PAGE, PageMap, PhysAllocator
-from wincrash.windows.offsets import KUSER_SHARED_DATA_VA, WindowsBuild, get_build, kdbg_offset_fields
+from wincrash_testkit.synth.physmem import LARGE, PAGE, PageMap, PhysAllocator
 
 SUPPORTED_BUILDS = (7601, 9600, 14393, 17763, 19041)
 KUSER_USER_VA = 0x7FFE0000
@@ -58,7 +58,7 @@ DRIVERS = ("hal.dll", "kdcom.dll", "CI.dll", "ACPI.sys", "storport.sys", "disk.s
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """What to generate. ``hyperv``: a root partition under Hyper-V with VBS (see wincrash.synth.hyperv);
+    """What to generate. ``hyperv``: a root partition under Hyper-V with VBS (see wincrash_testkit.synth.hyperv);
     ``hv_cpus``: which vCPUs' QEMU notes hold the hypervisor's state (None: all of them)."""
 
     build: int = 19041
@@ -596,7 +596,7 @@ def generate(spec: GuestSpec) -> Guest:
     layout = b.layout
     symbols = {name: b.sym(name) for name in DATA_SYMBOLS + ("NtBuildNumber", "NtBuildLab")}
     truth = {
-        "generator": "wincrash.synth", "spec": {"build": spec.build, "cpus": spec.cpus, "ram_mib": spec.ram_mib,
+        "generator": "wincrash_testkit.synth", "spec": {"build": spec.build, "cpus": spec.cpus, "ram_mib": spec.ram_mib,
                                                 "seed": spec.seed, "crashed": spec.crashed},
         "build": spec.build, "cpus": spec.cpus, "ram_bytes": layout.ram_bytes,
         "elf_blocks": [list(x) for x in layout.elf_blocks], "windows_runs": [list(x) for x in layout.windows_runs],

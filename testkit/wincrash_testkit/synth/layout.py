@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from wincrash.synth.physmem import PAGE
+from wincrash_testkit.synth.physmem import PAGE
 
 MIB = 1 << 20
 GIB = 1 << 30

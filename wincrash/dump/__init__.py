@@ -1,1 +1,0 @@
-"""Writing Microsoft crash dumps (full and bitmap) and the conversion pipeline."""
