@@ -8,14 +8,11 @@ instead of parsing messages.
 
 from __future__ import annotations
 
-from wincrash.errors import EXIT_ERROR, WincrashError
+from wincrash.errors import WincrashError
 
 
 class VmError(WincrashError):
-    """Base of every VM-layer error; also used as is for a bad VM argument."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
-        super().__init__(message, exit_code)
+    """Base of every VM-layer error (exit code 2); also used as is for a bad VM argument."""
 
 
 class VmUnreachableError(VmError):

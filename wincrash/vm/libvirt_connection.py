@@ -269,7 +269,7 @@ class LibvirtConnection(VmConnection):
             raise
         finally:
             if not ok:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # never created, or not ours: the error being raised matters more
                     os.unlink(tmp)
         seconds = time.monotonic() - started
         size = out.stat().st_size
