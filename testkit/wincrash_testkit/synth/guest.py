@@ -464,7 +464,7 @@ class _Builder:
             state = CpuState(index=i, regs=regs, segments=kernel_segments(kpcr, gdt, idt, tss),
                              cr=[0x80050033, 0, cr2, s.dtb, cr4], kernel_gs_base=kgs)
             self.cpu_states.append(state)
-            if self.spec.hyperv:
+            if self.spec.hyperv or self.spec.crashed:  # KeBugCheckEx and the frozen CPUs save their state there
                 self.nt_contexts.append(hyperv.write_processor_state(self, i, prcb, state))
             kprcbs.append(prcb)
             cpu_truth.append({"index": i, "kpcr": kpcr, "kpcr_pa": s.pa(kpcr), "kprcb": prcb, "kprcb_pa": s.pa(prcb),
@@ -605,6 +605,7 @@ def generate(spec: GuestSpec) -> Guest:
         "mm_pfn_database": {"va": b.sym("MmPfnDatabase"), "value": b.pfn_database},
         "symbols": symbols, "ki_processor_block": b.sym("KiProcessorBlock"),
         "ps_loaded_module_list": b.sym("PsLoadedModuleList"), "ps_active_process_head": b.sym("PsActiveProcessHead"),
+        "saved_contexts": b.nt_contexts,  # KPRCB.ProcessorState.ContextFrame written (crashed or Hyper-V guests)
         **b.truth,
     }
     if spec.hyperv:
