@@ -240,7 +240,9 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
     guest, elf = make_guest(tmp_path, build=19041, cpus=2, ram_mib=16384, seed=9, crashed=False)
     with open(elf, "r+b") as fh:  # make the copy slow enough to interrupt: real data, not holes
         fh.seek(8 * 2**30)
-        fh.write(os.urandom(2**20) * 1024)
+        chunk = os.urandom(2**20)
+        for _ in range(1024):  # 1 GiB, written 1 MiB at a time (not built in memory)
+            fh.write(chunk)
     out = tmp_path / "out.dmp"
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "convert", str(elf), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
