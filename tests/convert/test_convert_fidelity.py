@@ -56,7 +56,7 @@ def convert(path: Path, out: Path, *extra: str) -> dict:
 
 @pytest.mark.parametrize("garbage", ["kprcb0", "random"])
 def test_memory_after_ki_processor_block_is_not_a_processor(tmp_path, garbage):
-    guest = generate(GuestSpec(build=19041, cpus=4, ram_mib=512, seed=21, crashed=True))
+    guest = generate(GuestSpec(build=19041, cpus=4, ram_mib=512, seed=21, crashed=True, save_contexts=True))
     t = guest.truth
     kprcbs = [c["kprcb"] for c in t["processors"]]
     after = kernel_pa(guest, t["ki_processor_block"] + 8 * len(kprcbs))
@@ -97,7 +97,7 @@ def _assert_saved_contexts(guest, out: Path) -> None:  # noqa: ANN001
 
 def test_reset_state_notes_never_become_contexts(tmp_path):
     """APs waiting for SIPI (or a rebooting guest): their notes are not Windows', KPRCB.ProcessorState is."""
-    guest = generate(GuestSpec(build=19041, cpus=4, ram_mib=512, seed=23, crashed=True))
+    guest = generate(GuestSpec(build=19041, cpus=4, ram_mib=512, seed=23, crashed=True, save_contexts=True))
     guest.cpus[1:] = [reset_state(i) for i in range(1, 4)]
     out = tmp_path / "m.dmp"
     data = convert(write(guest, tmp_path / "g.elf"), out)
@@ -108,7 +108,7 @@ def test_reset_state_notes_never_become_contexts(tmp_path):
 
 
 def test_all_vcpus_reset_still_gives_windows_contexts(tmp_path):
-    guest = generate(GuestSpec(build=14393, cpus=2, ram_mib=512, seed=24, crashed=True))
+    guest = generate(GuestSpec(build=14393, cpus=2, ram_mib=512, seed=24, crashed=True, save_contexts=True))
     guest.cpus[:] = [reset_state(i) for i in range(2)]
     out = tmp_path / "m.dmp"
     convert(write(guest, tmp_path / "g.elf"), out)
@@ -117,7 +117,7 @@ def test_all_vcpus_reset_still_gives_windows_contexts(tmp_path):
 
 def test_raw_image_of_crashed_guest_has_a_header_context(tmp_path):
     """No vCPU notes at all: the header context is CPU 0's saved one, never zeros."""
-    guest = generate(GuestSpec(build=19041, cpus=2, ram_mib=512, seed=25, crashed=True))
+    guest = generate(GuestSpec(build=19041, cpus=2, ram_mib=512, seed=25, crashed=True, save_contexts=True))
     out = tmp_path / "m.dmp"
     convert(write(guest, tmp_path / "g.raw", write_raw), out)
     _assert_saved_contexts(guest, out)
