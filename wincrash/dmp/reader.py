@@ -353,43 +353,48 @@ BYTE_RUNS = _byte_runs()
 def _bitmap_page_map(fh: BinaryIO, summary: BitmapSummary, file_size: int) -> PageMap:
     """Decode the bitmap in one pass: zero bytes are skipped and 0xFF stretches taken whole by the
     regex engine, mixed bytes go through a 256-entry run table; stops where the file's pages end."""
-    pfns, pages, offsets = array("Q"), array("Q"), array("Q")
-    offset = summary.first_page  # file offset one past the pages decoded so far
-    run_pfn = run_len = 0
+    starts, lengths, offsets = array("Q"), array("Q"), array("Q")
+    held = max(0, file_size - summary.first_page)
+    pages_in_file, partial = divmod(held, PAGE_SIZE)  # whole pages the file holds, bytes of one more
     total_bytes = summary.bitmap_bytes
     tail_bits = summary.pages % 8
-    end = summary.pages * PAGE_SIZE
-
-    def emit() -> None:  # close the current run (offset is one past its last page)
-        if run_len:
-            pfns.append(run_pfn)
-            pages.append(run_len)
-            offsets.append(offset - run_len * PAGE_SIZE)
-
+    seen = 0  # present pages decoded so far, closed runs and the open one
+    run_start = run_end = -1  # the open run of consecutive present PFNs
     for chunk_at in range(0, total_bytes, BITMAP_CHUNK):
         chunk = bytearray(read_at(fh, BITMAP_OFFSET + chunk_at, min(BITMAP_CHUNK, total_bytes - chunk_at)))
         if chunk_at + len(chunk) == total_bytes and tail_bits:
             chunk[-1] &= (1 << tail_bits) - 1  # bits past Pages are not pages
         for match in _SET_BYTES.finditer(chunk):
-            at = (chunk_at + match.start()) * 8
-            byte = chunk[match.start()]
-            found = ((at, 8 * (match.end() - match.start())),) if byte == 0xFF else \
-                tuple((at + s, length) for s, length in BYTE_RUNS[byte])
-            for pfn, length in found:
-                if offset >= file_size:  # present in the bitmap, absent from the file
-                    emit()
-                    return PageMap(pfns, pages, offsets, ((pfn * PAGE_SIZE, end),))
-                if run_len and pfn == run_pfn + run_len:
-                    run_len += length
-                else:
-                    emit()
-                    run_pfn, run_len = pfn, length
-                offset += length * PAGE_SIZE
-                if offset > file_size:  # this run ends past the end of the file
-                    emit()
-                    return PageMap(pfns, pages, offsets, (((pfn + length) * PAGE_SIZE - (offset - file_size), end),))
-    emit()
-    return PageMap(pfns, pages, offsets, ())
+            at = match.start()
+            byte = chunk[at]
+            base = (chunk_at + at) * 8
+            for rel, length in (((0, 8 * (match.end() - at)),) if byte == 0xFF else BYTE_RUNS[byte]):
+                pfn = base + rel
+                if pfn != run_end:
+                    if run_end >= 0:
+                        starts.append(run_start)
+                        lengths.append(run_end - run_start)
+                        offsets.append(summary.first_page + (seen - (run_end - run_start)) * PAGE_SIZE)
+                    run_start = pfn
+                run_end = pfn + length
+                seen += length
+                if seen > pages_in_file:  # the file ends inside this run
+                    run_end -= seen - pages_in_file
+                    seen = pages_in_file
+                    missing = ((run_end * PAGE_SIZE + partial, summary.pages * PAGE_SIZE),)
+                    if partial:
+                        run_end += 1  # a partly present page: its tail reads as zeros
+                        seen += 1
+                    if run_end > run_start:
+                        starts.append(run_start)
+                        lengths.append(run_end - run_start)
+                        offsets.append(summary.first_page + (seen - (run_end - run_start)) * PAGE_SIZE)
+                    return PageMap(starts, lengths, offsets, missing)
+    if run_end >= 0:
+        starts.append(run_start)
+        lengths.append(run_end - run_start)
+        offsets.append(summary.first_page + (seen - (run_end - run_start)) * PAGE_SIZE)
+    return PageMap(starts, lengths, offsets, ())
 
 
 _SET_BYTES = re.compile(rb"\xff+|[^\x00\xff]")  # a stretch of full bytes, or one mixed byte

@@ -34,6 +34,6 @@ class Dmp:
         except WincrashError as exc:
             raise WincrashError(f"{path}: {exc}") from None
         segments = PackedSegments.from_arrays(
-            array("Q", (pfn * PAGE_SIZE for pfn in pages.pfn)), array("Q", (n * PAGE_SIZE for n in pages.pages)),
+            array("Q", map(PAGE_SIZE.__mul__, pages.pfn)), array("Q", map(PAGE_SIZE.__mul__, pages.pages)),
             pages.offset, size)
         return MemoryMap(Dmp.kind, segments, (), int(MachineType.AMD64), pages.missing)
