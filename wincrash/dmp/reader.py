@@ -304,8 +304,8 @@ def page_map(fh: BinaryIO, dmp: DmpFile) -> PageMap:
     if summary is None:
         raise WincrashError(f"{dmp.bitmap_problem}: corrupt dump")
     if summary.bitmap_end > dmp.size:
-        raise WincrashError(f"bitmap of {summary.pages:,} pages ({summary.bitmap_bytes:,} bytes) runs past the end "
-                            f"of the file ({dmp.size:,} bytes): corrupt dump")
+        raise WincrashError(f"bitmap of {summary.pages:,} pages runs past the end of the file: corrupt dump "
+                            f"(the bitmap needs {summary.bitmap_bytes:,} bytes, the file has {dmp.size:,})")
     if summary.first_page < summary.bitmap_end:
         raise WincrashError(f"FirstPage 0x{summary.first_page:x} lies inside the bitmap (ends at "
                             f"0x{summary.bitmap_end:x}): corrupt dump")
