@@ -82,7 +82,7 @@ def test_full_dump_values_and_page_map(tmp_path):
         assert dmp.extent == dmp.size == DUMP_HEADER64_SIZE + 5 * PAGE_SIZE
         assert dump_extent(fh) == dmp.extent
         pages = page_map(fh, dmp)
-    assert list(zip(pages.pfn, pages.pages, pages.offset)) == [
+    assert list(zip(pages.pfn, pages.pages, pages.offset, strict=True)) == [
         (1, 3, DUMP_HEADER64_SIZE), (0x10, 2, DUMP_HEADER64_SIZE + 3 * PAGE_SIZE)]
     assert pages.missing == ()
 
@@ -107,10 +107,10 @@ def test_bitmap_page_map_matches_the_bits(tmp_path, monkeypatch, chunk):
     with open(dump, "rb") as fh:
         dmp = read_dmp(fh)
         pages = page_map(fh, dmp)
-    assert list(zip(pages.pfn, pages.pages)) == expected_runs(present)
+    assert list(zip(pages.pfn, pages.pages, strict=True)) == expected_runs(present)
     assert pages.missing == ()
     with open(dump, "rb") as fh:  # every run's offset holds its own pages
-        for pfn, count, offset in zip(pages.pfn, pages.pages, pages.offset):
+        for pfn, count, offset in zip(pages.pfn, pages.pages, pages.offset, strict=True):
             fh.seek(offset)
             assert fh.read(8) == marker(pfn)[:8]
             fh.seek(offset + (count - 1) * PAGE_SIZE)
@@ -123,7 +123,7 @@ def test_truncated_bitmap_dump_stops_where_the_file_ends(tmp_path):
     write_bitmap(dump, present, 64, cut_bytes=PAGE_SIZE + 100)  # page 20 is gone, page 10 lacks 100 bytes
     with open(dump, "rb") as fh:
         pages = page_map(fh, read_dmp(fh))
-    assert list(zip(pages.pfn, pages.pages)) == [(2, 3), (9, 2)]
+    assert list(zip(pages.pfn, pages.pages, strict=True)) == [(2, 3), (9, 2)]
     assert pages.missing == ((11 * PAGE_SIZE - 100, 64 * PAGE_SIZE),)
 
 
@@ -209,3 +209,13 @@ def test_robustness_alternating_bitmap_fails_fast(tmp_path):
     proc = run_wincrash("convert", dump, "-o", tmp_path / "out.dmp", timeout=60)
     assert proc.returncode == 2 and "corrupt dump" in proc.stderr and proc.stderr.count("\n") == 1
     assert time.monotonic() - started < 30
+
+
+def test_full_dump_run_beyond_physical_addresses_is_corrupt(tmp_path):
+    dump = tmp_path / "huge-run.dmp"
+    dump.write_bytes(header([(1, 2**60)]) + bytes(PAGE_SIZE))
+    with open(dump, "rb") as fh:
+        dmp = read_dmp(fh)
+        assert dmp.extent == DUMP_HEADER64_SIZE + 2**60 * PAGE_SIZE  # what the header says, for info to report
+        with pytest.raises(WincrashError, match="beyond any physical address"):
+            page_map(fh, dmp)

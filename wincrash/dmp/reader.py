@@ -46,6 +46,7 @@ RUN_TYPES = (DumpType.FULL, DumpType.KERNEL, DumpType.BITMAP, DumpType.LIVE_KERN
 BITMAP_OFFSET = DUMP_HEADER64_SIZE + BITMAP_SUMMARY_HEADER_SIZE  # the bitmap follows the summary header
 DUMP_BLOB_SIGNATURE = b"DumpBlob"
 DUMP_BLOB_HEADER_SIZE = 0x20  # u32 HeaderSize, GUID Tag, u32 DataSize, u32 PrePad, u32 PostPad
+MAX_PFN = 1 << 40  # x64 physical addresses have at most 52 bits (4 PiB): page frames below 2**40
 BITMAP_CHUNK = 1 << 20  # bytes of bitmap read at a time (8 Mi pages, 32 GiB of memory)
 
 
@@ -317,9 +318,9 @@ def _full_page_map(dmp: DmpFile) -> PageMap:
     missing = []
     offset = DUMP_HEADER64_SIZE
     for base, count in dmp.runs.runs if dmp.runs else ():
-        if base >= 1 << 52 or count >= 1 << 52:
-            raise WincrashError(f"run of {count:,} pages at page 0x{base:x} is beyond any physical address: "
-                                "corrupt dump")
+        if base + count > MAX_PFN or offset + count * PAGE_SIZE > MAX_PFN * PAGE_SIZE:
+            raise WincrashError(f"run of {count:,} pages at page 0x{base:x} lies beyond any physical address "
+                                "(x64 has 52 address bits): corrupt dump")
         pfns.append(base)
         pages.append(count)
         offsets.append(offset)
@@ -330,24 +331,9 @@ def _full_page_map(dmp: DmpFile) -> PageMap:
     return PageMap(pfns, pages, offsets, tuple(missing))
 
 
-def _byte_runs() -> tuple[tuple[tuple[int, int], ...], ...]:
-    """For each byte value, its runs of set bits as (first bit, length), LSB first."""
-    table = []
-    for value in range(256):
-        runs, bit = [], 0
-        while bit < 8:
-            if value >> bit & 1:
-                start = bit
-                while bit < 8 and value >> bit & 1:
-                    bit += 1
-                runs.append((start, bit - start))
-            else:
-                bit += 1
-        table.append(tuple(runs))
-    return tuple(table)
-
-
-BYTE_RUNS = _byte_runs()
+# For each byte value, its runs of set bits as (first bit, length), LSB first (bit 0 is the lowest PFN).
+BYTE_RUNS = tuple(tuple((m.start(), m.end() - m.start()) for m in re.finditer("1+", format(value, "08b")[::-1]))
+                  for value in range(256))
 
 
 def _bitmap_page_map(fh: BinaryIO, summary: BitmapSummary, file_size: int) -> PageMap:
