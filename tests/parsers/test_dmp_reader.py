@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import SHARED_SAMPLES, run_wincrash, sample_file
 
-from wincrash.dmp import reader
+from wincrash.dmp import pagemap
 from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
-from wincrash.dmp.reader import dump_extent, page_map, read_dmp
+from wincrash.dmp.pagemap import page_map
+from wincrash.dmp.reader import dump_extent, read_dmp
 from wincrash.errors import WincrashError
 from wincrash.formats.context import CONTEXT_AMD64_SIZE
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_TRIAGE, PAGE_SIZE
@@ -98,7 +99,7 @@ def test_truncated_full_dump_names_what_is_missing(tmp_path):
 @pytest.mark.parametrize("chunk", [4, 1 << 20])
 def test_bitmap_page_map_matches_the_bits(tmp_path, monkeypatch, chunk):
     """Mixed bytes, 0xFF stretches, runs across byte and chunk boundaries, a Pages count not a multiple of 8."""
-    monkeypatch.setattr(reader, "BITMAP_CHUNK", chunk)
+    monkeypatch.setattr(pagemap, "BITMAP_CHUNK", chunk)
     rng = random.Random(7)
     bits = 1000
     present = sorted(set(rng.sample(range(bits), 300)) | set(range(64, 200)) | {bits - 1})

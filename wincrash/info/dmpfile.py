@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from wincrash.dmp.reader import (
-    BITMAP_TYPES,
-    RUN_TYPES,
-    DmpFile,
-    bitmap_counts,
-    is_page_pattern,
-    read_at,
-    read_dmp,
-)
+from wincrash.dmp.pagemap import bitmap_counts
+from wincrash.dmp.reader import BITMAP_TYPES, RUN_TYPES, DmpFile, is_page_pattern, read_at, read_dmp
 from wincrash.formats.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, CONTEXT_FLOATING_POINT
 from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,

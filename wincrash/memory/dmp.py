@@ -1,6 +1,6 @@
 """An existing 64-bit full or bitmap crash dump (MEMORY.DMP) as a memory source, to re-write or repair it.
 
-The reading itself is wincrash.dmp.reader's (one DMP reader for info, grab-pagefile and this);
+The reading itself is wincrash.dmp.reader's and .pagemap's (one DMP reader for info, grab-pagefile and this);
 here its PFN -> file offset page map becomes guest-physical segments.
 """
 
@@ -10,7 +10,8 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO
 
-from wincrash.dmp.reader import page_map, read_dmp
+from wincrash.dmp.pagemap import page_map
+from wincrash.dmp.reader import read_dmp
 from wincrash.errors import WincrashError
 from wincrash.formats.dump import DUMP_SIGNATURE64, PAGE_SIZE, MachineType
 from wincrash.memory.segments import MemoryMap, PackedSegments
