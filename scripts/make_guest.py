@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "testkit")]  # run from a checkout without scripts/install.sh too
 
 from wincrash_testkit.synth.cli import run  # noqa: E402
 

@@ -91,7 +91,7 @@ def dump(
     json_out: JsonOpt = False,
 ) -> None:
     """Take a memory dump of a running (or crashed) VM with dump-guest-memory, without crashing it."""
-    from wincrash.capture.dumpcmd import run_dump
+    from wincrash.capture.guest_memory_dump import run_dump
     from wincrash.capture.render import print_dump
 
     print_dump(run_dump(vm, connect, output, fmt, force), as_json=json_out)
@@ -113,7 +113,7 @@ def capture(
     json_out: JsonOpt = False,
 ) -> None:
     """One shot for runbooks: [NMI + wait for the panic,] dump memory, convert to MEMORY.DMP, show `info`."""
-    from wincrash.capture.capturecmd import run_capture
+    from wincrash.capture.crash_capture import run_capture
     from wincrash.capture.render import print_capture
 
     print_capture(run_capture(vm, connect, output, crash, keep_elf, wait, fmt, force), as_json=json_out)

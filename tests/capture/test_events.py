@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wincrash.capture.dumpguest import explain_dump_error
-from wincrash.capture.events import parse_panic_event
+from wincrash.vm.guest_memory import explain_dump_error
+from wincrash.vm.panic import parse_panic_event
 
 
 def test_hyperv_panic_carries_bugcheck() -> None:

@@ -9,8 +9,8 @@ import pytest
 from capture_helpers import FakeServer
 from helpers import run_wincrash
 
-from wincrash.capture.target import DEFAULT_LIBVIRT_URI, parse_target
 from wincrash.errors import WincrashError
+from wincrash.vm.target import DEFAULT_LIBVIRT_URI, parse_target
 
 
 def test_tcp_target() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kdmp_parser
 import pytest
-from helpers import REPO, dump_read_va, first_module_name, run_wincrash, u64
+from helpers import REPO, dump_read_va, first_module_name, run_wincrash, sparse_copy, u64
 from wincrash_testkit.synth.guest import GuestSpec, generate
 from wincrash_testkit.synth.writers import write_qemu_elf
 
@@ -86,7 +86,8 @@ def test_header_matches_ground_truth(converted):
     assert h.SystemUpTime == t["kuser_shared_data"]["interrupt_time"]
     assert h.ProductType == t["kuser_shared_data"]["product_type"]
     assert h.SuiteMask == t["kuser_shared_data"]["suite_mask"]
-    raw = out.read_bytes()[:0x2000] if out.stat().st_size < 2**31 else open(out, "rb").read(0x2000)
+    with open(out, "rb") as fh:
+        raw = fh.read(0x2000)
     runs_n, _pad, pages = struct.unpack_from("<IIQ", raw, 0x88)
     runs = [list(struct.unpack_from("<QQ", raw, 0x98 + 16 * i)) for i in range(runs_n)]
     assert runs == t["physical_memory_block"]["runs"]  # Windows' view, not the ELF segments
@@ -198,7 +199,7 @@ def test_existing_output_needs_force(small_guest, tmp_path):
 def test_corrupted_encoded_kdbg_is_refused(small_guest, tmp_path):
     guest, elf = small_guest
     bad = tmp_path / "bad.elf"
-    bad.write_bytes(elf.read_bytes())
+    sparse_copy(elf, bad)
     kdbg_pa = guest.truth["kdbg"]["pa"]
     from wincrash.memory.qemu_elf import read_elf_layout
 
@@ -224,8 +225,7 @@ def test_truncated_elf_converts_with_warning(small_guest, tmp_path):
     _guest, elf = small_guest
     cut = tmp_path / "cut.elf"
     size = elf.stat().st_size
-    with open(elf, "rb") as src, open(cut, "wb") as dst:  # lose the last segment (the BIOS ROM) half-way
-        dst.write(src.read(size - 0x20000))
+    sparse_copy(elf, cut, size - 0x20000)  # lose the last segment (the BIOS ROM) half-way
     data = convert(cut, tmp_path / "cut.dmp")
     assert any("truncated" in w and "0xfffe0000-0x100000000" in w for w in data["warnings"]), data["warnings"]
 
@@ -240,7 +240,9 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
     guest, elf = make_guest(tmp_path, build=19041, cpus=2, ram_mib=16384, seed=9, crashed=False)
     with open(elf, "r+b") as fh:  # make the copy slow enough to interrupt: real data, not holes
         fh.seek(8 * 2**30)
-        fh.write(os.urandom(2**20) * 1024)
+        chunk = os.urandom(2**20)
+        for _ in range(1024):  # 1 GiB, written 1 MiB at a time (not built in memory)
+            fh.write(chunk)
     out = tmp_path / "out.dmp"
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "convert", str(elf), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -259,7 +261,8 @@ def test_32bit_guest_is_refused(small_guest, tmp_path):
     from wincrash.formats.elf import DESC_B_MASK, DESC_L_MASK, QEMUCPUState
 
     _guest, elf = small_guest
-    data = bytearray(elf.read_bytes()[:1 << 20])  # headers and notes; memory follows
+    with open(elf, "rb") as fh:
+        data = bytearray(fh.read(1 << 20))  # headers and notes; memory follows
     pos = data.find(b"QEMU\0")
     count = 0
     while pos != -1:

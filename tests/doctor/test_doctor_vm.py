@@ -213,8 +213,8 @@ def test_status_verdicts(state: str | None, status: str) -> None:
 
 
 def test_process_must_match_the_target() -> None:
-    from wincrash.capture.target import Target
     from wincrash.doctor.run import process_matches
+    from wincrash.vm.target import Target
 
     argv = ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on", "-qmp",
             "tcp:127.0.0.1:4444,server=on,wait=off", "-qmp", "unix:/run/vm/qmp.sock,server=on"]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import sample_file
+from helpers import SHARED_SAMPLES, sample_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +18,7 @@ MAGICS = [b"PAGEDU64", b"PAGEDUMP", b"\x7fELF\x02\x01\x01\x00", b"MDMP", b"QEVM"
 
 def _seed_headers() -> list[bytes]:
     seeds = []
-    path = Path(__file__).resolve().parents[3] / "shared" / "samples" / "real" / "triage_x64.dmp"
+    path = SHARED_SAMPLES / "real" / "triage_x64.dmp"
     if path.is_file():
         with open(path, "rb") as fh:
             seeds.append(fh.read(0x20000))
@@ -49,9 +49,7 @@ def fuzz_file(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz") / "input.bin"
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(data=inputs())
-def test_nothing_escapes(fuzz_file, data):
+def _nothing_escapes(fuzz_file: Path, data: bytes) -> None:
     fuzz_file.write_bytes(data)
     try:
         report = describe_file(fuzz_file)
@@ -60,6 +58,24 @@ def test_nothing_escapes(fuzz_file, data):
     else:
         assert report.exit_code in (0, 1)
         report.to_dict()
+
+
+_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+
+@settings(max_examples=500, **_SETTINGS)
+@given(data=inputs())
+def test_nothing_escapes(fuzz_file, data):
+    """The fast tier's share of the fuzzing (500 inputs, under a second)."""
+    _nothing_escapes(fuzz_file, data)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, **_SETTINGS)
+@given(data=inputs())
+def test_nothing_escapes_10000(fuzz_file, data):
+    """The full run (10,000 inputs, about 15 s of CPU): CI runs it with the slow tests."""
+    _nothing_escapes(fuzz_file, data)
 
 
 def test_fuzz_seeds_include_a_real_header():

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,16 @@ def _runs_on_disk(name: str) -> bool:
                if step.sh.directive("skip") is None)
 
 
+@cache
 def _doctor_available() -> bool:
-    return run_wincrash("doctor", "--help").returncode == 0
+    return _help("doctor").returncode == 0
+
+
+@cache
+def _help(sub: str) -> subprocess.CompletedProcess[str]:
+    """`wincrash SUB --help` (wide), run once per subcommand for the whole session: the runbooks name the same
+    few commands dozens of times."""
+    return run_wincrash(sub, "--help", env={"COLUMNS": "200"})
 
 
 def _wincrash_bin(directory: Path) -> Path:
@@ -86,7 +95,7 @@ def test_runbook_blocks_are_well_formed(name: str) -> None:
             sub = tokens[1]
             if sub == "doctor" and not _doctor_available():
                 continue
-            help_text = run_wincrash(sub, "--help", env={"COLUMNS": "200"})
+            help_text = _help(sub)
             assert help_text.returncode == 0, f"{where}: `wincrash {sub}` is not a command"
             for option in (t.split("=")[0] for t in tokens[2:] if t.startswith("-")):
                 assert option in help_text.stdout, f"{where}: `wincrash {sub}` has no option {option}"

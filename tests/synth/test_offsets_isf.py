@@ -1,4 +1,5 @@
-"""The hand-written offsets table must agree with the real ntkrnlmp.pdb symbol tables (ISF) it was copied from."""
+"""The symbol tables (the test kit's base + per-build overrides, and the product's few offsets) must agree with the
+real ntkrnlmp.pdb symbol tables (ISF) they were copied from."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from functools import cache
 
 import pytest
 from helpers import SHARED_SAMPLES
+from wincrash_testkit.synth.builds import BUILDS, kdbg_offset_fields
+from wincrash_testkit.synth.symbols import BASE_OFFSETS, TABLES
 
-from wincrash.windows.offsets import BUILDS, kdbg_offset_fields
+from wincrash.windows import offsets as product
 
 ISF_DIR = SHARED_SAMPLES / "isf"
 
@@ -43,6 +46,38 @@ def test_table_matches_isf(build: int) -> None:
     for name, rva in wb.rvas.items():
         assert isf["symbols"][name]["address"] == rva, name
     assert len(wb.offsets) > 60 and len(wb.rvas) > 30
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: str(t.build))
+def test_absent_fields_are_absent_from_isf(table) -> None:
+    """A base field a build's table leaves out is really not in that build's PDB (not a forgotten override)."""
+    isf = _isf(table.pdb_guid)
+    assert set(table.absent) <= set(BASE_OFFSETS)
+    for key in table.absent:
+        type_name, field_name = key.split(".")
+        if type_name == "_KLDR_DATA_TABLE_ENTRY":  # 7601/9600: the PDB has no such type at all
+            assert type_name not in isf["user_types"], key
+        else:
+            assert field_name not in isf["user_types"][type_name]["fields"], key
+
+
+def test_overrides_are_real_overrides() -> None:
+    """Each per-build override differs from the base (the tables hold no copied constants)."""
+    for table in TABLES:
+        for key, value in table.offsets.items():
+            assert BASE_OFFSETS.get(key) != value, (table.build, key)
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_product_table_agrees(build: int) -> None:
+    """wincrash.windows.offsets (what the converter uses without symbols) holds the same values as the kit's."""
+    known, wb = product.BUILDS[build], BUILDS[build]
+    assert known.name == wb.name
+    for key, value in known.offsets.items():
+        assert wb.off(key) == value, key
+    assert product.KPCR_PRCB_OFFSET == wb.off("_KPCR.Prcb")
+    assert wb.off("_KPROCESS.DirectoryTableBase") == 0x28  # locate.py relies on it for every build
+    assert sorted(product.BUILDS) == sorted(BUILDS)
 
 
 @pytest.mark.parametrize("build", sorted(BUILDS))

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from wincrash_testkit.synth.builds import BUILDS, KUSER_SHARED_DATA_VA
 from wincrash_testkit.synth.guest import GuestSpec, generate
 from wincrash_testkit.synth.writers import write_qemu_elf, write_raw
 
 from wincrash.formats import elf, kdbg
-from wincrash.windows.offsets import BUILDS, KUSER_SHARED_DATA_VA
 
 BUILD_LIST = sorted(BUILDS)
 M64 = (1 << 64) - 1

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from helpers import SHARED_SAMPLES
+from wincrash_testkit.synth.builds import BUILDS
 from wincrash_testkit.synth.guest import GuestSpec, generate
 from wincrash_testkit.synth.writers import write_qemu_elf
 
 from wincrash.formats import kdbg
-from wincrash.windows.offsets import BUILDS
 
 REPO = Path(__file__).resolve().parents[2]
 

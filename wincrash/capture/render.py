@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
 
-from wincrash.capture.backend import DumpResult
+from wincrash.capture.crash_capture import CaptureResult
 from wincrash.capture.nmi import GUEST_NEEDS_KEYS, GUEST_NEEDS_NMI, NmiResult
+from wincrash.vm.guest_memory import DumpResult
 
 
 def print_nmi(result: NmiResult, as_json: bool) -> None:
+    """What was sent, and the panic report (or what the guest needs for one)."""
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
@@ -24,6 +25,7 @@ def print_nmi(result: NmiResult, as_json: bool) -> None:
 
 
 def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> None:
+    """Size, speed (MiB/s) and what the dump cost the guest (pause in seconds); ``label`` replaces "wrote PATH"."""
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
@@ -36,7 +38,7 @@ def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> N
         typer.echo(f"the guest was already stopped ({result.status_before}) and stays {result.status_after}")
 
 
-def print_capture(result: Any, as_json: bool) -> None:
+def print_capture(result: CaptureResult, as_json: bool) -> None:
     """The capture summary, then `wincrash info` of the new MEMORY.DMP (what the engineer sends on)."""
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))

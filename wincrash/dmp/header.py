@@ -7,7 +7,8 @@ zeroed: raw2dmp's 'Unknown exception - code 45474150' mistake).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from construct import Container
 
@@ -30,9 +31,15 @@ def page_fill(size: int) -> bytes:
     return (PAGE_FILL * (size // 4 + 1))[:size]
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeaderFields:
-    """What a DUMP_HEADER64 says, in the converter's terms."""
+    """What a DUMP_HEADER64 says, in the converter's terms (field meanings: formats/dump.py, kdmp-parser).
+
+    Addresses are kernel virtual except ``directory_table_base`` (physical PML4). ``runs`` are
+    (BasePage, PageCount) pairs of 4 KiB pages (stored as a tuple); ``context`` an AMD64 CONTEXT of
+    0x4D0 bytes; ``system_time`` a FILETIME and ``system_uptime`` 100 ns since boot;
+    ``required_dump_space`` the whole file's size in bytes (the writers fill it in on a copy).
+    """
 
     build: int
     directory_table_base: int
@@ -43,7 +50,7 @@ class HeaderFields:
     number_processors: int
     bugcheck_code: int
     bugcheck_parameters: tuple[int, int, int, int]
-    runs: list[tuple[int, int]]  # (BasePage, PageCount)
+    runs: Sequence[tuple[int, int]]  # (BasePage, PageCount)
     context: bytes  # an AMD64 CONTEXT, 0x4D0 bytes
     dump_type: int = DUMP_TYPE_FULL
     required_dump_space: int = 0
@@ -55,11 +62,14 @@ class HeaderFields:
     comment: str = ""
     machine: int = MACHINE_AMD64
     major_version: int = MAJOR_VERSION_FREE
-    extra: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs", tuple((int(b), int(c)) for b, c in self.runs))
+        object.__setattr__(self, "bugcheck_parameters", tuple(self.bugcheck_parameters))
 
 
 def build_header64(f: HeaderFields) -> bytes:
-    """The 0x2000-byte header; raises ValueError for more runs than the header holds."""
+    """The 0x2000-byte DUMP_HEADER64 for ``f``; raises ValueError for more runs than the header holds (MAX_RUNS64)."""
     if len(f.runs) > MAX_RUNS64:
         raise ValueError(f"{len(f.runs)} memory runs: a dump header holds at most {MAX_RUNS64}")
     runs = PHYSICAL_MEMORY_DESCRIPTOR64.build(Container(
@@ -89,7 +99,11 @@ def build_header64(f: HeaderFields) -> bytes:
 
 
 def build_bitmap_summary(signature: bytes, first_page: int, present_pages: int, total_pages: int) -> bytes:
-    """The 0x38-byte summary header that precedes the bitmap of a DumpType 5 dump."""
+    """The 0x38-byte summary header that precedes the bitmap of a DumpType 5 dump.
+
+    ``first_page`` is the file offset (bytes) of the first page; ``present_pages`` how many pages the
+    file holds; ``total_pages`` the bitmap's size in bits (highest PFN + 1).
+    """
     return BITMAP_SUMMARY_HEADER.build(Container(
         Signature=signature, Padding=page_fill(0x18), FirstPage=first_page,
         TotalPresentPages=present_pages, Pages=total_pages))

@@ -5,6 +5,8 @@ file offsets and copied with os.copy_file_range (holes in a sparse input are ski
 SEEK_DATA, leaving holes in the output). Small patches (the decoded KDBG, the CPU contexts) are
 written over the copied pages afterwards; for bitmap dumps, zero pages are decided on the final
 image, so a patched page is always present.
+
+write_dump() carries out a DumpPlan (dmp/plan.py); nothing it is given is changed.
 """
 
 from __future__ import annotations
@@ -12,27 +14,33 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.dmp.plan import DumpPlan, Patch
 from wincrash.formats.dump import BITMAP_FULL_SIGNATURE, DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_FULL, PAGE_SIZE
 from wincrash.memory.source import PhysicalSource
 
 COPY_CHUNK = 64 << 20
 SCAN_CHUNK = 4 << 20
 ZERO_PAGE = bytes(PAGE_SIZE)
+FORMATS = ("full", "bitmap")
+BITMAP_SUMMARY_SIZE = 0x38
 
 
-@dataclass
+@dataclass(frozen=True)
 class WriteResult:
+    """What a writer wrote: DumpType, file size in bytes, pages (4 KiB) in the runs / in the file / left
+    out as zero (bitmap), and the physical addresses of patches outside every run (not in the dump)."""
+
     dump_type: int
     file_size: int
     pages_in_runs: int
     pages_written: int
     pages_left_out: int = 0
-    patches_lost: list[int] = field(default_factory=list)
+    patches_lost: tuple[int, ...] = ()
 
 
 def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
@@ -55,7 +63,7 @@ def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int
         length -= n
 
 
-def patch_pages(patches: list[tuple[int, bytes]]) -> dict[int, list[tuple[int, bytes]]]:
+def patch_pages(patches: Iterable[Patch]) -> dict[int, list[tuple[int, bytes]]]:
     """Split (pa, bytes) patches by page frame: {pfn: [(offset in page, bytes)]}."""
     pages: dict[int, list[tuple[int, bytes]]] = {}
     for pa, data in patches:
@@ -69,13 +77,14 @@ def patch_pages(patches: list[tuple[int, bytes]]) -> dict[int, list[tuple[int, b
 
 
 def _apply(page: bytes, edits: list[tuple[int, bytes]]) -> bytes:
+    """``page`` with each (offset, bytes) edit written over it."""
     buf = bytearray(page)
     for off, data in edits:
         buf[off:off + len(data)] = data
     return bytes(buf)
 
 
-def _run_index(runs: list[tuple[int, int]]) -> Callable[[int], int | None]:
+def _run_index(runs: Sequence[tuple[int, int]]) -> Callable[[int], int | None]:
     """pfn -> index of the page in the dump's page sequence (runs back to back), or None."""
     starts = []
     total = 0
@@ -91,7 +100,7 @@ def _run_index(runs: list[tuple[int, int]]) -> Callable[[int], int | None]:
     return index
 
 
-def data_bytes_in_runs(source: PhysicalSource, runs: list[tuple[int, int]]) -> int:
+def data_bytes_in_runs(source: PhysicalSource, runs: Sequence[tuple[int, int]]) -> int:
     """How many bytes of the runs hold data in the input (what a sparse output will occupy)."""
     total = 0
     for base, count in runs:
@@ -101,13 +110,36 @@ def data_bytes_in_runs(source: PhysicalSource, runs: list[tuple[int, int]]) -> i
     return total
 
 
-def write_full(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]], out: BinaryIO,
+def bytes_needed(source: PhysicalSource, plan: DumpPlan, fmt: str) -> int:
+    """At most how many bytes the output of ``plan`` in format ``fmt`` occupies on disk.
+
+    The input's data inside the runs (holes stay holes in a full dump and are left out of a bitmap
+    dump), plus the patched pages and the headers (and the bitmap).
+    """
+    runs = plan.header.runs
+    needed = data_bytes_in_runs(source, runs) + len(plan.patches) * PAGE_SIZE
+    return (DUMP_HEADER64_SIZE if fmt == "full" else bitmap_layout(runs, 0)[1]) + needed
+
+
+def write_dump(source: PhysicalSource, plan: DumpPlan, fmt: str, out: BinaryIO,
                advance: Callable[[int], None]) -> WriteResult:
-    """DumpType 1: the header, then every page of every run, in run order."""
+    """Write ``plan`` over ``source``'s memory to ``out`` as a full (DumpType 1) or bitmap (DumpType 5) dump.
+
+    ``advance(n)`` is called with the bytes of runs done; ValueError for an unknown ``fmt``.
+    """
+    if fmt == "full":
+        return write_full(source, plan.header, plan.patches, out, advance)
+    if fmt == "bitmap":
+        return write_bitmap(source, plan.header, plan.patches, out, advance)
+    raise ValueError(f"unknown dump format {fmt!r}: use {' or '.join(FORMATS)}")
+
+
+def write_full(source: PhysicalSource, header: HeaderFields, patches: Sequence[Patch], out: BinaryIO,
+               advance: Callable[[int], None]) -> WriteResult:
+    """DumpType 1: the header, then every page of every run, in run order; ``header`` is not changed."""
     runs = header.runs
     pages = sum(c for _, c in runs)
-    header.dump_type = DUMP_TYPE_FULL
-    header.required_dump_space = DUMP_HEADER64_SIZE + pages * PAGE_SIZE
+    header = replace(header, dump_type=DUMP_TYPE_FULL, required_dump_space=DUMP_HEADER64_SIZE + pages * PAGE_SIZE)
     out.write(build_header64(header))
     out.flush()
     dst = out.fileno()
@@ -120,22 +152,22 @@ def write_full(source: PhysicalSource, header: HeaderFields, patches: list[tuple
             advance(length)
             dst_off += length
     os.ftruncate(dst, header.required_dump_space)
-    result = WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages)
+    lost = []
     index = _run_index(runs)
     for pfn, edits in patch_pages(patches).items():
         i = index(pfn)
         if i is None:
-            result.patches_lost.append(pfn * PAGE_SIZE)
+            lost.append(pfn * PAGE_SIZE)
             continue
         at = DUMP_HEADER64_SIZE + i * PAGE_SIZE
         os.pwrite(dst, _apply(os.pread(dst, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0"), edits), at)
-    return result
+    return WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages, 0, tuple(lost))
 
 
-def bitmap_layout(runs: list[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
-    """(total bitmap bits, first page file offset, file size) of a bitmap dump."""
+def bitmap_layout(runs: Sequence[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
+    """(total bitmap bits, first page's file offset in bytes, file size in bytes) of a bitmap dump."""
     bits = max(b + c for b, c in runs)
-    bitmap_end = DUMP_HEADER64_SIZE + 0x38 + (bits + 7) // 8
+    bitmap_end = DUMP_HEADER64_SIZE + BITMAP_SUMMARY_SIZE + (bits + 7) // 8
     first = (bitmap_end + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
     return bits, first, first + npresent * PAGE_SIZE
 
@@ -195,9 +227,9 @@ def _write_present(dst: int, data: memoryview, pa: int, edits: dict[int, list[tu
     return count
 
 
-def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tuple[int, bytes]], out: BinaryIO,
+def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: Sequence[Patch], out: BinaryIO,
                  advance: Callable[[int], None]) -> WriteResult:
-    """DumpType 5 ('FDMP') in one pass over the input.
+    """DumpType 5 ('FDMP') in one pass over the input; ``header`` is not changed.
 
     The first page's file offset depends only on the bitmap's size (highest PFN + 1), so present
     pages are written as they are found, each input byte read once; the header, summary and bitmap
@@ -219,11 +251,10 @@ def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: list[tup
                                           first + written * PAGE_SIZE)
         advance(count * PAGE_SIZE)
     size = first + written * PAGE_SIZE
-    header.dump_type = DUMP_TYPE_BITMAP
-    header.required_dump_space = size
+    header = replace(header, dump_type=DUMP_TYPE_BITMAP, required_dump_space=size)
     os.pwrite(dst, build_header64(header) + build_bitmap_summary(BITMAP_FULL_SIGNATURE, first, written, bits)
               + bytes(bitmap), 0)
     os.ftruncate(dst, size)
     total = sum(c for _, c in runs)
-    lost = [pfn * PAGE_SIZE for pfn in edits if not any(b <= pfn < b + c for b, c in runs)]
+    lost = tuple(pfn * PAGE_SIZE for pfn in edits if not any(b <= pfn < b + c for b, c in runs))
     return WriteResult(DUMP_TYPE_BITMAP, size, total, written, total - written, lost)

@@ -1,7 +1,8 @@
 """Gather what a running QEMU says about itself (QMP), and where its process is on this host.
 
-Only I/O here; the verdicts are in vm.py. A QEMU too old for a command leaves that fact None (the
-check then says "unknown"); a dropped connection is an error (doctor could not run).
+Only I/O here; the verdicts are in vm.py. A QEMU too old for a command (``CommandRefusedError``)
+leaves that fact None (the check then says "unknown"); any other ``VmError`` (a dropped connection,
+a libvirt domain without QMP passthrough) propagates: doctor could not run.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wincrash.capture.qmp import QmpCommandError
-from wincrash.doctor.monitor import Monitor
+from wincrash.vm.connection import VmConnection
+from wincrash.vm.errors import CommandRefusedError
+from wincrash.vm.runstate import RunState
 
 # Hyper-V enlightenments as QEMU 4.1+ spells the vCPU properties (older QEMU: hv_relaxed ...).
 HV_REQUIRED = ("hv-relaxed", "hv-vapic", "hv-spinlocks", "hv-time", "hv-crash")
@@ -22,8 +24,10 @@ HV_INFORMATIVE = ("hv-vpindex", "hv-synic", "hv-stimer", "hv-reset", "hv-frequen
 CPU_FLAGS = ("vmx", "svm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class QemuProcess:
+    """The QEMU process on this host: its pid, executable (None: unreadable), argv and working directory."""
+
     pid: int
     exe: str | None
     argv: list[str]
@@ -32,8 +36,14 @@ class QemuProcess:
 
 @dataclass
 class VmFacts:
+    """What doctor learned about one VM; None (or empty) where QEMU did not say, with the reason in ``unknown``.
+
+    ``ram`` in bytes; ``devices`` as (QOM path, type) of the -device devices; ``process`` the QEMU process
+    found on this host, if any. Filled in by ``gather`` (mutable while it runs).
+    """
+
     version: str | None = None
-    status: str | None = None
+    status: RunState | None = None
     machine: str | None = None
     ram: int | None = None
     cpu_path: str | None = None
@@ -46,52 +56,57 @@ class VmFacts:
     unknown: dict[str, str] = field(default_factory=dict)  # fact -> why it is unknown
 
 
-async def _try(mon: Monitor, facts: VmFacts, fact: str, command: str, **arguments: Any) -> Any:
+async def _try(vm: VmConnection, facts: VmFacts, fact: str, command: str, **arguments: Any) -> Any:
     try:
-        return await mon.execute(command, arguments or None)
-    except QmpCommandError as exc:
+        return await vm.qmp(command, arguments or None)
+    except CommandRefusedError as exc:
         facts.unknown[fact] = f"{command}: {exc.desc}"
         return None
 
 
-async def gather(mon: Monitor, proc_root: Path = Path("/proc")) -> VmFacts:
+async def gather(vm: VmConnection, proc_root: Path = Path("/proc")) -> VmFacts:
+    """Ask ``vm`` (QMP, or libvirt's passthrough) for everything vm.py judges; find its process under ``proc_root``.
+
+    :raises VmError: anything but a refused command (QEMU gone, no QMP passthrough, ...).
+    """
     facts = VmFacts()
-    version = await _try(mon, facts, "version", "query-version")
+    version = await _try(vm, facts, "version", "query-version")
     if version:
         q = version.get("qemu", {})
         facts.version = f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}"
-    status = await _try(mon, facts, "status", "query-status")
+    status = await _try(vm, facts, "status", "query-status")
     if status:
-        facts.status = str(status.get("status"))
-    facts.machine = await _try(mon, facts, "machine", "qom-get", path="/machine", property="type")
-    sizes = await _try(mon, facts, "ram", "query-memory-size-summary")
-    if sizes:
-        facts.ram = int(sizes.get("base-memory", 0)) + int(sizes.get("plugged-memory", 0))
-    cpus = await _try(mon, facts, "cpu", "query-cpus-fast") or []
+        facts.status = RunState.from_name(status.get("status"))
+    facts.machine = await _try(vm, facts, "machine", "qom-get", path="/machine", property="type")
+    try:
+        facts.ram = await vm.memory_size()
+    except CommandRefusedError as exc:
+        facts.unknown["ram"] = f"{exc.command}: {exc.desc}"
+    cpus = await _try(vm, facts, "cpu", "query-cpus-fast") or []
     facts.thread_ids = [int(c["thread-id"]) for c in cpus if "thread-id" in c]
     if cpus:
         facts.cpu_path = cpus[0].get("qom-path")
     if facts.cpu_path:
-        await _cpu_props(mon, facts, facts.cpu_path)
+        await _cpu_props(vm, facts, facts.cpu_path)
     for container in ("/machine/peripheral", "/machine/peripheral-anon"):
-        for child in await _try(mon, facts, "devices", "qom-list", path=container) or []:
+        for child in await _try(vm, facts, "devices", "qom-list", path=container) or []:
             kind = str(child.get("type", ""))
             if kind.startswith("child<"):
                 facts.devices.append((f"{container}/{child['name']}", kind[6:-1]))
-    facts.firmware_name = await _try(mon, facts, "firmware", "qom-get", path="/machine", property="firmware")
-    for dev in await _try(mon, facts, "pflash", "query-block") or []:
+    facts.firmware_name = await _try(vm, facts, "firmware", "qom-get", path="/machine", property="firmware")
+    for dev in await _try(vm, facts, "pflash", "query-block") or []:
         if dev.get("device") == "pflash0" or str(dev.get("qdev", "")).endswith("system.flash0"):
             facts.pflash = (dev.get("inserted") or {}).get("file")
     facts.process = find_process(facts.thread_ids, proc_root)
     return facts
 
 
-async def _cpu_props(mon: Monitor, facts: VmFacts, path: str) -> None:
-    names = {p["name"] for p in await _try(mon, facts, "cpu", "qom-list", path=path) or []}
+async def _cpu_props(vm: VmConnection, facts: VmFacts, path: str) -> None:
+    names = {p["name"] for p in await _try(vm, facts, "cpu", "qom-list", path=path) or []}
     for prop in (*CPU_FLAGS, *HV_REQUIRED, *HV_INFORMATIVE):
         for spelling in (prop, prop.replace("-", "_")):
             if spelling in names:
-                facts.cpu_props[prop] = await _try(mon, facts, prop, "qom-get", path=path, property=spelling)
+                facts.cpu_props[prop] = await _try(vm, facts, prop, "qom-get", path=path, property=spelling)
                 break
 
 

@@ -6,13 +6,15 @@ import asyncio
 import re
 from pathlib import Path
 
-from wincrash.capture.target import Target
 from wincrash.doctor import firmware as fw
 from wincrash.doctor.facts import VmFacts, data_dirs_from_argv, gather
 from wincrash.doctor.host import HostRoot, check_qemu_version, cpu_virt_flag, host_checks, qemu_binary_version
-from wincrash.doctor.monitor import open_monitor
 from wincrash.doctor.report import Check, DoctorReport
 from wincrash.doctor.vm import vm_checks
+from wincrash.vm.errors import VmNotRunningError
+from wincrash.vm.opener import open_vm
+from wincrash.vm.runstate import RunState
+from wincrash.vm.target import Target
 
 
 def _firmware_check(facts: VmFacts | None, local: bool) -> Check:
@@ -62,17 +64,29 @@ def process_matches(argv: list[str], target: Target) -> bool:
 
 
 async def _vm_part(vm: str, connect: str | None) -> tuple[dict[str, object], VmFacts, bool]:
-    async with open_monitor(vm, connect) as mon:
-        facts = await gather(mon)
-        if facts.process is not None and not process_matches(facts.process.argv, mon.target):
+    async with open_vm(vm, connect) as connection:
+        target = connection.target
+        status = await connection.status()
+        if status.state is RunState.SHUTOFF:  # a defined libvirt domain with no QEMU: nothing to ask
+            raise VmNotRunningError(f"{target.describe()}: the domain is {status.state}: start it "
+                                    f"(`virsh -c {target.uri} start {target.domain}`) and run doctor again",
+                                    status.state)
+        facts = await gather(connection)
+        if facts.process is not None and not process_matches(facts.process.argv, target):
             facts.process = None  # a local QEMU that happens to own those thread ids, not the one we talk to
         # A UNIX socket is on this host; otherwise trust only a QEMU process we could see (facts.find_process).
-        local = mon.target.kind == "unix" or facts.process is not None
-        return mon.target.as_dict(), facts, local
+        local = target.kind == "unix" or facts.process is not None
+        return target.as_dict(), facts, local
 
 
 def run_doctor(vm: str | None, connect: str | None = None, dump_dir: Path | None = None,
                host_root: Path | None = None) -> DoctorReport:
+    """`wincrash doctor [VM]`: host checks (files under ``host_root``, default /), and the VM's when given.
+
+    ``dump_dir`` is where dumps will go (free-space check; default the current folder).
+
+    :raises VmError: the VM cannot be reached or asked (doctor could not run: exit 2); a shut-off domain.
+    """
     host = HostRoot(host_root or Path("/"))
     checks = host_checks(host)
     target: dict[str, object] | None = None

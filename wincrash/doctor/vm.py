@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wincrash.doctor.facts import HV_INFORMATIVE, HV_REQUIRED, VmFacts
 from wincrash.doctor.report import Check, fail, ok, warn
+from wincrash.vm.runstate import VCPUS_STOPPED, RunState
 
 HV_SPINLOCKS_OFF = 0xFFFFFFFF  # QEMU's default: no spinlock enlightenment
 DUMP_MARGIN = 64 << 20
@@ -29,12 +30,12 @@ def check_status(facts: VmFacts) -> Check:
     if status is None:
         return warn(name, f"run state unknown ({_unknown(facts, 'status')})", "check the VM with `virsh domstate` "
                     "or the QMP command query-status", status=None)
-    if status == "running":
+    if status == RunState.RUNNING:
         return ok(name, "running", status=status)
-    if status == "guest-panicked":
+    if status == RunState.GUEST_PANICKED:
         return warn(name, "the guest has crashed (guest-panicked) and is held stopped",
                     "take the dump now: `wincrash capture VM` (then restart the VM)", status=status)
-    if status in ("paused", "prelaunch", "debug", "suspended", "inmigrate", "postmigrate", "finish-migrate"):
+    if status in VCPUS_STOPPED:
         return warn(name, f"the vCPUs are stopped ({status})",
                     "resume it: QMP `cont` or `virsh resume DOMAIN` (an NMI to a stopped VM is never delivered)",
                     status=status)

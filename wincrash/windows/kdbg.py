@@ -7,12 +7,19 @@ and a single constant C. The block's own known plaintext (KernBase, which we kno
 and the 'KDBG' OwnerTag next to a plausible Size) fixes r and C: 64 trials per candidate position.
 Candidates are the positions where the encoded Flink equals the encoded Blink (a one-entry list,
 as it is in a live system), so the scan of ntoskrnl's data costs milliseconds.
+
+find_kdbg() is the locate stage: it searches ntoskrnl's writable data sections through a KernelView
+and returns a KdbgBlock with the fields later stages use, typed and named as in wdbgexts.h.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from wincrash.errors import WincrashError
+from wincrash.formats.kdbg import KDDEBUGGER_DATA64
+from wincrash.windows.kernel import KernelView
 
 KDBG_TAG = int.from_bytes(b"KDBG", "little")
 MASK64 = (1 << 64) - 1
@@ -21,15 +28,18 @@ KERNBASE_OFFSET = 0x18
 
 
 def rol64(value: int, count: int) -> int:
+    """Rotate a 64-bit value left by ``count`` (mod 64) bits."""
     count &= 63
     return ((value << count) | (value >> (64 - count))) & MASK64 if count else value
 
 
 def bswap64(value: int) -> int:
+    """Reverse the byte order of a 64-bit value."""
     return int.from_bytes(value.to_bytes(8, "little"), "big")
 
 
 def decode_qword(q: int, r: int, c: int) -> int:
+    """One plain qword from encoded ``q``, rotation ``r`` and constant ``c`` (see the module docstring)."""
     return bswap64(rol64(q, r)) ^ c
 
 
@@ -39,9 +49,9 @@ def decode_block(data: bytes, r: int, c: int) -> bytes:
     return struct.pack(f"<{len(qwords)}Q", *(decode_qword(q, r, c) for q in qwords))
 
 
-@dataclass
+@dataclass(frozen=True)
 class KdbgMatch:
-    """Where the KDBG is and its plain bytes."""
+    """Where the KDBG is (virtual ``va``) and its plain bytes; ``rotate``/``constant`` solved when encoded."""
 
     va: int
     plain: bytes  # the decoded (or already plain) block, Header.Size bytes
@@ -98,3 +108,63 @@ def find_in_data(data: bytes, data_va: int, kern_base: int, image_end: int) -> K
             if _plausible(plain, kern_base, image_end):
                 return KdbgMatch(data_va + i * 8, plain, encoded=True, rotate=r, constant=c)
     return None
+
+
+@dataclass(frozen=True)
+class KdbgBlock:
+    """The KDDEBUGGER_DATA64 found in ntoskrnl, decoded, with the fields wincrash uses.
+
+    Address fields are kernel virtual addresses of variables (KiBugcheckData, KiProcessorBlock, ...),
+    as the block holds them (wdbgexts.h); ``offset_prcb_*`` are byte offsets inside a KPRCB (0 when
+    the block does not give them). ``pa`` is the block's physical address (None when its page is not
+    mapped); ``plain`` the decoded bytes (Header.Size of them) that a dump must carry in place of the
+    encoded ones; ``method`` says how it was found.
+    """
+
+    va: int
+    pa: int | None
+    plain: bytes
+    encoded: bool
+    method: str
+    ki_bugcheck_data: int
+    nt_build_lab: int
+    mm_physical_memory_block: int
+    ki_processor_block: int
+    ps_active_process_head: int
+    ps_loaded_module_list: int
+    mm_pfn_database: int
+    offset_prcb_context: int
+    offset_prcb_proc_state_context: int
+
+
+def find_kdbg(kernel: KernelView) -> KdbgBlock:
+    """The KDBG inside ntoskrnl's writable data sections (all sections when none is marked writable).
+
+    Raises WincrashError("no Windows kernel debugger data (KDBG) found: ...") listing every attempt
+    of the kernel search and this one.
+    """
+    image = kernel.image
+    end = image.base + image.size_of_image
+    sections = [s for s in image.sections if s.writable_data] or image.sections
+    for section in sections:
+        data = kernel.read_image_range(image.base + section.rva, section.size)
+        match = find_in_data(data, image.base + section.rva, image.base, end)
+        if match:
+            method = (f"{'encoded' if match.encoded else 'plain'} block in section {section.name} "
+                      + ("decoded with keys solved from known plaintext" if match.encoded else ""))
+            return _block(match, kernel.space.translate(match.va), method)
+    tried = (*kernel.tried, f"ntoskrnl found at 0x{image.base:x} but no valid KDBG (plain or encoded) in its data "
+             "sections")
+    raise WincrashError("no Windows kernel debugger data (KDBG) found: " + "; ".join(tried))
+
+
+def _block(match: KdbgMatch, pa: int | None, method: str) -> KdbgBlock:
+    """Parse the plain block (zero-padded to the full 0x380-byte layout: shorter blocks leave later fields 0)."""
+    k = KDDEBUGGER_DATA64.parse(match.plain.ljust(KDDEBUGGER_DATA64.sizeof(), b"\0"))
+    return KdbgBlock(
+        va=match.va, pa=pa, plain=match.plain, encoded=match.encoded, method=method,
+        ki_bugcheck_data=k.KiBugcheckData, nt_build_lab=k.NtBuildLab, mm_physical_memory_block=k.MmPhysicalMemoryBlock,
+        ki_processor_block=k.KiProcessorBlock, ps_active_process_head=k.PsActiveProcessHead,
+        ps_loaded_module_list=k.PsLoadedModuleList, mm_pfn_database=k.MmPfnDatabase,
+        offset_prcb_context=k.OffsetPrcbContext, offset_prcb_proc_state_context=k.OffsetPrcbProcStateContext,
+    )

@@ -8,20 +8,18 @@ also outside NT's runs: a Windows-looking decoy (self-reference slot, a KUSER-li
 Windows itself keeps each CPU's NT state in KPRCB.ProcessorState (SpecialRegisters + ContextFrame), which is
 where a converter must take the NT context of a CPU caught in the hypervisor.
 
-The generator calls ``carve`` before any allocation, ``write_processor_state`` for each CPU while building NT's
-processors, and ``build`` once NT is complete; nothing here runs for non-Hyper-V specs.
+The generator takes the hypervisor's RAM first (layout.carve_hyperv), calls ``write_processor_state`` for each
+CPU while building NT's processors, and ``build`` once NT is complete; nothing here runs for non-Hyper-V specs.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from wincrash.formats.context import CONTEXT_AMD64_STRUCT, FPU_CONTROL_DEFAULT, GPR_NAMES, MXCSR_DEFAULT
-from wincrash.windows.offsets import KUSER_SHARED_DATA_VA
 from wincrash_testkit.synth import pe
+from wincrash_testkit.synth.builds import KUSER_SHARED_DATA_VA, WindowsBuild
 from wincrash_testkit.synth.cpu import (
     GPRS,
     KERNEL_CS_FLAGS,
@@ -32,12 +30,9 @@ from wincrash_testkit.synth.cpu import (
     gdt_bytes,
     idt_entry,
 )
-from wincrash_testkit.synth.layout import RamLayout
 from wincrash_testkit.synth.paging import KERNEL_CODE, KERNEL_DATA, AddressSpace, VaAllocator, canonical
-from wincrash_testkit.synth.physmem import LARGE, PAGE, PAGES_PER_LARGE, PhysAllocator
-
-if TYPE_CHECKING:
-    from wincrash_testkit.synth.guest import _Builder
+from wincrash_testkit.synth.physmem import LARGE, PAGE, PhysAllocator
+from wincrash_testkit.synth.state import Builder
 
 CONTEXT_FRAME_FLAGS = 0x10000F  # CONTROL | INTEGER | SEGMENTS | FLOATING_POINT, as KiSaveProcessorState stores
 HV_CR0 = 0x80010031  # PG WP NE ET PE
@@ -46,26 +41,6 @@ HV_STACK_PAGES = 4
 PERCPU_PAGES = 2
 # Layout of the (synthetic) hypervisor per-CPU block that GS points at: its own address first, like KPCR.Self.
 PERCPU_SELF, PERCPU_INDEX, PERCPU_IDT, PERCPU_GDT, PERCPU_TSS, PERCPU_STACK = 0x0, 0x8, 0x10, 0x18, 0x20, 0x28
-
-
-def carve(layout: RamLayout, rng: random.Random) -> tuple[RamLayout, tuple[int, int], tuple[int, int]]:
-    """Take the hypervisor's and the secure kernel's memory from the top of Windows' largest run.
-
-    Returns the layout with the shortened run list and the two (first pfn, page count) ranges; they stay in
-    QEMU's RAM blocks (QEMU dumps them) but are no longer Windows' (not in MmPhysicalMemoryBlock).
-    """
-    runs = list(layout.windows_runs)
-    pick = max(range(len(runs)), key=lambda i: (runs[i][1], i))
-    base, count = runs[pick]
-    hv_pages = rng.randint(12, 24) * PAGES_PER_LARGE  # 24..48 MiB
-    sk_pages = rng.randint(4, 8) * PAGES_PER_LARGE  # 8..16 MiB
-    while hv_pages + sk_pages > count // 2:
-        hv_pages, sk_pages = hv_pages // 2, sk_pages // 2
-    end = base + count
-    hv = (end - hv_pages, hv_pages)
-    sk = (end - hv_pages - sk_pages, sk_pages)
-    runs[pick] = (base, count - hv_pages - sk_pages)
-    return replace(layout, windows_runs=tuple(runs)), hv, sk
 
 
 def context_frame(state: CpuState) -> bytes:
@@ -86,9 +61,9 @@ def context_frame(state: CpuState) -> bytes:
     return CONTEXT_AMD64_STRUCT.build(ctx)
 
 
-def write_processor_state(b: _Builder, index: int, prcb: int, state: CpuState) -> dict:
+def write_processor_state(s: AddressSpace, wb: WindowsBuild, index: int, prcb: int, state: CpuState) -> dict:
     """Fill KPRCB.ProcessorState.ContextFrame (and SpecialRegisters.MxCsr) of one CPU; returns its truth."""
-    o, s = b.wb.offsets, b.space
+    o = wb.offsets
     ps = prcb + o["_KPRCB.ProcessorState"]
     frame_va = ps + o["_KPROCESSOR_STATE.ContextFrame"]
     s.write_u32(ps + o["_KPROCESSOR_STATE.SpecialRegisters"] + o["_KSPECIAL_REGISTERS.MxCsr"], MXCSR_DEFAULT)
@@ -140,7 +115,7 @@ def _range_bytes(pfn_range: tuple[int, int]) -> list[int]:
     return [pfn_range[0] * PAGE, pfn_range[1] * PAGE]
 
 
-def build(b: _Builder) -> None:
+def build(b: Builder) -> None:
     """Add hvix64's and securekernel's address spaces and put the vCPUs in ``hv_cpus`` into the hypervisor."""
     rng, mem, spec = b.rng, b.mem, b.spec
     hv_cpus = sorted(spec.hv_cpus) if spec.hv_cpus is not None else list(range(spec.cpus))

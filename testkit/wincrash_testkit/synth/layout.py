@@ -9,9 +9,9 @@ Windows' runs.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from wincrash_testkit.synth.physmem import PAGE
+from wincrash_testkit.synth.physmem import PAGE, PAGES_PER_LARGE
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -79,3 +79,23 @@ def make_layout(ram_bytes: int, rng: random.Random) -> RamLayout:
                 (hi * PAGE, top_reserved * PAGE)] + [(s * PAGE, n * PAGE) for s, n in holes]
     return RamLayout(ram_bytes=ram_bytes, elf_blocks=tuple(blocks), windows_runs=tuple(runs),
                      reserved=tuple(sorted(reserved)))
+
+
+def carve_hyperv(layout: RamLayout, rng: random.Random) -> tuple[RamLayout, tuple[int, int], tuple[int, int]]:
+    """Take the hypervisor's and the secure kernel's memory from the top of Windows' largest run.
+
+    Returns the layout with the shortened run list and the two (first pfn, page count) ranges; they stay in
+    QEMU's RAM blocks (QEMU dumps them) but are no longer Windows' (not in MmPhysicalMemoryBlock).
+    """
+    runs = list(layout.windows_runs)
+    pick = max(range(len(runs)), key=lambda i: (runs[i][1], i))
+    base, count = runs[pick]
+    hv_pages = rng.randint(12, 24) * PAGES_PER_LARGE  # 24..48 MiB
+    sk_pages = rng.randint(4, 8) * PAGES_PER_LARGE  # 8..16 MiB
+    while hv_pages + sk_pages > count // 2:
+        hv_pages, sk_pages = hv_pages // 2, sk_pages // 2
+    end = base + count
+    hv = (end - hv_pages, hv_pages)
+    sk = (end - hv_pages - sk_pages, sk_pages)
+    runs[pick] = (base, count - hv_pages - sk_pages)
+    return replace(layout, windows_runs=tuple(runs)), hv, sk

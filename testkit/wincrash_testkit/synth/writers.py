@@ -13,8 +13,8 @@ from typing import BinaryIO
 
 from wincrash.formats import elf
 from wincrash_testkit.synth.cpu import CpuState
-from wincrash_testkit.synth.guest import Guest
 from wincrash_testkit.synth.physmem import PAGE
+from wincrash_testkit.synth.spec import Guest
 
 
 def _qemu_note(cpu: CpuState) -> bytes:

@@ -13,25 +13,37 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wincrash.capture.backend import DumpResult, VmBackend, open_backend
-from wincrash.capture.dumpcmd import dump_with_progress
-from wincrash.capture.events import PanicInfo
+from wincrash.capture.guest_memory_dump import dump_with_progress
 from wincrash.capture.nmi import GUEST_NEEDS_NMI
 from wincrash.errors import EXIT_INTERRUPTED, EXIT_PROBLEMS, WincrashError
 from wincrash.output import check_destination, check_free_space
+from wincrash.vm.connection import VmConnection
+from wincrash.vm.guest_memory import DumpResult
+from wincrash.vm.opener import open_vm
+from wincrash.vm.panic import PanicInfo
+from wincrash.vm.runstate import RunState
+
+if TYPE_CHECKING:
+    from wincrash.convert.pipeline import ConversionResult
+
+ELF_AND_DMP_SLACK = 2 << 20  # bytes beyond twice the guest RAM: headers of the ELF and of the DMP
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaptureResult:
+    """What `wincrash capture` produced: the VM (``Target.as_dict``), the panic it saw (None: live dump or
+    already crashed), QEMU's dump, the kept ELF's path (None: removed) and the conversion to MEMORY.DMP."""
+
     vm: dict[str, Any]
     panic: PanicInfo | None
     dump: DumpResult
     elf_kept: str | None
-    conversion: Any  # wincrash.convert.pipeline.ConversionResult
+    conversion: ConversionResult
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON form, for --json results."""
         return {"vm": self.vm, "panic": self.panic.as_dict() if self.panic else None, "dump": self.dump.as_dict(),
                 "elf": self.elf_kept, "conversion": self.conversion.to_dict()}
 
@@ -40,44 +52,52 @@ def _elf_path(out: Path, keep_elf: bool) -> Path:
     return out.with_suffix(".elf") if keep_elf else out.with_name(f".{out.name}.wincrash-elf-{os.getpid()}")
 
 
-async def _crash_and_dump(backend: VmBackend, elf: Path, wait: float, force: bool, show_progress: bool
+async def _crash_and_dump(vm: VmConnection, elf: Path, wait: float, force: bool, show_progress: bool
                           ) -> tuple[PanicInfo | None, DumpResult]:
     panic = None
-    state = await backend.state()
-    if state.status == "guest-panicked":
+    status = await vm.status()
+    if status.state is RunState.GUEST_PANICKED:
         pass  # already crashed (e.g. an earlier `wincrash nmi`): dump what is there
     else:
-        await backend.require_running("inject an NMI")
-        with backend.watch_panics():
-            await backend.inject_nmi()
-            panic = await backend.wait_panic(wait)
+        await vm.require_running("inject an NMI")
+        with vm.watch_panics():
+            await vm.inject_nmi()
+            panic = await vm.wait_panic(wait)
         if panic is None:
             raise WincrashError(
-                f"{backend.target.describe()}: no panic reported within {wait:g} s after the NMI, so memory may "
+                f"{vm.target.describe()}: no panic reported within {wait:g} s after the NMI, so memory may "
                 f"not hold a bugcheck: {GUEST_NEEDS_NMI}. Nothing was written; for a live dump run "
                 "`wincrash capture` without --crash", exit_code=EXIT_PROBLEMS)
-    return panic, await dump_with_progress(backend, elf, "elf", force, show_progress)
+    return panic, await dump_with_progress(vm, elf, "elf", force, show_progress)
 
 
 async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, crash: bool, keep_elf: bool,
                           wait: float, force: bool, show_progress: bool
                           ) -> tuple[dict[str, Any], PanicInfo | None, DumpResult]:
-    async with open_backend(vm, connect) as backend:
-        ram = await backend.memory_size()
+    async with open_vm(vm, connect) as connection:
+        ram = await connection.memory_size()
         check_destination(out, force)
         if keep_elf:
             check_destination(elf, force)
-        check_free_space(out, 2 * ram + (2 << 20))  # the ELF and the DMP side by side
+        check_free_space(out, 2 * ram + ELF_AND_DMP_SLACK)  # the ELF and the DMP side by side
         if crash:
-            panic, dumped = await _crash_and_dump(backend, elf, wait, force, show_progress)
+            panic, dumped = await _crash_and_dump(connection, elf, wait, force, show_progress)
         else:
-            panic, dumped = None, await dump_with_progress(backend, elf, "elf", force, show_progress)
-        return backend.target.as_dict(), panic, dumped
+            panic, dumped = None, await dump_with_progress(connection, elf, "elf", force, show_progress)
+        return connection.target.as_dict(), panic, dumped
 
 
 def run_capture(vm: str, connect: str | None = None, out: Path | None = None, crash: bool = False,
                 keep_elf: bool = False, wait: float = 120, fmt: str = "full", force: bool = False,
                 show_progress: bool | None = None) -> CaptureResult:
+    """`wincrash capture VM`: [NMI and wait ``wait`` seconds for the panic,] ELF dump, convert to ``out``.
+
+    ``out`` defaults to ./MEMORY.DMP; ``fmt`` is the DMP format (full or bitmap); the ELF goes next to
+    ``out`` (``out`` with .elf when ``keep_elf``, else a hidden temporary name removed at the end).
+
+    :raises WincrashError: ``wait`` not positive; no panic after the NMI (exit 1); Ctrl-C (exit 130);
+        every ``VmError`` of opening, crashing and dumping the VM; every conversion error.
+    """
     if wait <= 0:
         raise WincrashError("--wait takes a positive number of seconds")
     out = Path(out or "MEMORY.DMP").absolute()
@@ -94,7 +114,7 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
             conversion = convert_file(elf, out, "auto", fmt, force, show_progress)
         finally:
             if not keep_elf:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # never written (the dump failed), or not ours to remove
                     elf.unlink()
         return CaptureResult(vm=vm_info, panic=panic, dump=dumped, elf_kept=str(elf) if keep_elf else None,
                              conversion=conversion)

@@ -1,4 +1,4 @@
-"""dump-guest-memory over QMP, done carefully: pre-flight, progress, cancel, pause time.
+"""dump-guest-memory over our own QMP socket, done carefully: progress, cancel, pause time.
 
 Over a UNIX socket we hand QEMU the write end of a pipe (SCM_RIGHTS + getfd, protocol ``fd:``) and
 write the file ourselves. That buys three things the ``file:`` protocol cannot give: the output
@@ -6,6 +6,7 @@ goes through atomic_output (0600, temp + rename, nothing left behind), it does n
 user QEMU runs as, and Ctrl-C really stops the dump (we close the pipe, QEMU's write fails, the
 guest resumes) instead of leaving QEMU writing a file nobody wants while the guest stays paused.
 Over TCP no descriptor can be passed, so QEMU writes the file itself (``file:`` protocol).
+The pre-flight (state, format, destination, space) is ``VmConnection.dump_guest_memory``'s.
 """
 
 from __future__ import annotations
@@ -21,32 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wincrash.capture.backend import DumpResult, ProgressFn
-from wincrash.capture.qmp import QemuGoneError, QmpSession
+from qemu.qmp import EventListener
+
 from wincrash.errors import WincrashError
-from wincrash.output import atomic_output, check_destination, check_free_space
+from wincrash.output import atomic_output
+from wincrash.vm.errors import DumpFailedError, QemuGoneError
+from wincrash.vm.guest_memory import ProgressFn, explain_dump_error
+from wincrash.vm.qmp_session import QmpSession
 
 DUMP_EVENTS = ("STOP", "RESUME", "DUMP_COMPLETED")
-# Run states in which QEMU can dump (a stopped or panicked guest is the normal case after a crash).
-DUMPABLE = {"running", "paused", "guest-panicked", "internal-error", "io-error", "debug", "suspended",
-            "watchdog", "prelaunch", "shutdown"}
-F_SETPIPE_SZ = 1031
-CHUNK = 1 << 20
-
-
-def explain_dump_error(fmt: str, error: str) -> str:
-    """QEMU's dump errors, with what to do about them."""
-    if "vmcoreinfo" in error or (fmt == "win-dmp" and "win-dump" in error):
-        return (f"{error}: format win-dmp needs QEMU started with -device vmcoreinfo AND the virtio-win "
-                "fwcfg driver running in the guest; use --format elf and `wincrash convert` instead")
-    if "Broken pipe" in error or "EPIPE" in error:
-        return f"{error} (the dump was cancelled)"
-    return error
+F_SETPIPE_SZ = 1031  # fcntl.h (Linux): grow the pipe so QEMU's writes block less
+CHUNK = 1 << 20  # bytes per read from the pipe
 
 
 @dataclass
 class _Timeline:
-    """STOP/RESUME/DUMP_COMPLETED as QEMU timestamped them."""
+    """STOP/RESUME/DUMP_COMPLETED as QEMU timestamped them (seconds since the epoch)."""
 
     stop: float | None = None
     resume: float | None = None
@@ -64,6 +55,12 @@ class _Timeline:
             self.resume = when
         elif name == "DUMP_COMPLETED":
             self.completed = dict(msg.get("data") or {})
+
+    def paused_seconds(self) -> float | None:
+        """How long the vCPUs were stopped (until now if QEMU has not resumed them); None if never stopped."""
+        if self.stop is None:
+            return None
+        return (self.resume or time.time()) - self.stop
 
 
 class _PipeCopier:
@@ -87,51 +84,42 @@ class _PipeCopier:
                     return
                 self.fh.write(data)
                 self.copied += len(data)
-        except BaseException as exc:  # noqa: BLE001 - handed to the async side
+        except BaseException as exc:  # noqa: BLE001 - handed to the async side, which reports it
             self.error = exc
 
 
-async def dump_over_qmp(qmp: QmpSession, out: Path, fmt: str, force: bool, progress: ProgressFn) -> DumpResult:
-    """Pre-flight, start a detached dump, follow it to the end, and report what it cost the guest."""
+async def write_qmp_dump(qmp: QmpSession, out: Path, fmt: str, force: bool, ram: int, progress: ProgressFn
+                         ) -> tuple[int, float | None]:
+    """Start a detached dump-guest-memory and follow it to the end; ``ram`` (bytes) is the progress total.
+
+    Returns (bytes written, seconds the vCPUs were paused or None when they were already stopped).
+
+    :raises DumpFailedError: another dump is running, or QEMU reported failure (DUMP_COMPLETED error).
+    :raises QemuGoneError: QEMU exited during the dump (nothing is left behind).
+    :raises WincrashError: ``out`` cannot be written.
+    """
     where = qmp.target.describe()
-    status = await qmp.status()
-    before = status.get("status", "unknown")
-    if before not in DUMPABLE:
-        raise WincrashError(f"{where}: cannot dump a VM in state {before!r}")
-    caps = await qmp.execute("query-dump-guest-memory-capability")
-    formats = caps.get("formats", [])
-    if fmt not in formats:
-        raise WincrashError(f"{where}: this QEMU cannot write format {fmt!r} (it offers: {', '.join(formats)})")
     current = await qmp.execute("query-dump")
     if current.get("status") == "active":
-        raise WincrashError(f"{where}: another dump is already running in this QEMU")
-    sizes = await qmp.execute("query-memory-size-summary")
-    ram = int(sizes.get("base-memory", 0)) + int(sizes.get("plugged-memory", 0))
-    out = out.absolute()
-    check_destination(out, force)
-    check_free_space(out, ram + (1 << 20))  # uncompressed formats are a bit larger than RAM
-
+        raise DumpFailedError(f"{where}: another dump is already running in this QEMU")
     timeline = _Timeline()
-    started = time.monotonic()
     with qmp.listen(*DUMP_EVENTS) as listener:
         if qmp.target.kind == "unix":
             size = await _dump_via_pipe(qmp, listener, timeline, out, fmt, force, ram, progress)
         else:
             size = await _dump_via_file(qmp, listener, timeline, out, fmt, force, ram, progress)
-    seconds = time.monotonic() - started
-    after = (await qmp.status()).get("status", "unknown")
-    paused = None
-    if timeline.stop is not None:
-        paused = (timeline.resume or time.time()) - timeline.stop
-    return DumpResult(path=out, format=fmt, size=size, guest_ram=ram, seconds=seconds, paused_seconds=paused,
-                      status_before=before, status_after=after)
+    return size, timeline.paused_seconds()
+
+
+def _qemu_exited(where: str, aftermath: str) -> QemuGoneError:
+    return QemuGoneError(f"{where}: QEMU exited during the dump (killed or crashed); {aftermath}")
 
 
 async def _start(qmp: QmpSession, protocol: str, fmt: str) -> None:
     await qmp.execute("dump-guest-memory", {"paging": False, "protocol": protocol, "detach": True, "format": fmt})
 
 
-async def _drain_events(qmp: QmpSession, listener: Any, timeline: _Timeline, until_completed: bool,
+async def _drain_events(qmp: QmpSession, listener: EventListener, timeline: _Timeline, until_completed: bool,
                         timeout: float) -> None:
     """Collect dump events; with until_completed, wait (up to timeout) for DUMP_COMPLETED and RESUME."""
     deadline = time.monotonic() + timeout
@@ -151,19 +139,20 @@ async def _drain_events(qmp: QmpSession, listener: Any, timeline: _Timeline, unt
 def _check_completed(timeline: _Timeline, fmt: str, where: str) -> None:
     data = timeline.completed or {}
     if data.get("error") or (data.get("result") or {}).get("status") == "failed":
-        raise WincrashError(f"{where}: the dump failed: {explain_dump_error(fmt, data.get('error', 'unknown error'))}")
+        raise DumpFailedError(f"{where}: the dump failed: "
+                              f"{explain_dump_error(fmt, data.get('error', 'unknown error'))}")
 
 
-async def _dump_via_pipe(qmp: QmpSession, listener: Any, timeline: _Timeline, out: Path, fmt: str, force: bool,
-                         ram: int, progress: ProgressFn) -> int:
+async def _dump_via_pipe(qmp: QmpSession, listener: EventListener, timeline: _Timeline, out: Path, fmt: str,
+                         force: bool, ram: int, progress: ProgressFn) -> int:
     where = qmp.target.describe()
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # an older kernel or a lower pipe-max-size: the default size works too
         fcntl.fcntl(wfd, F_SETPIPE_SZ, CHUNK)
     fdname = f"wincrash-dump-{os.getpid()}"
     try:
         try:
-            qmp.send_fd(wfd, fdname)
+            qmp.send_fd(wfd)
             await qmp.execute("getfd", {"fdname": fdname})
         finally:
             os.close(wfd)  # QEMU holds its own copy now; EOF on rfd means QEMU closed it
@@ -181,13 +170,14 @@ async def _dump_via_pipe(qmp: QmpSession, listener: Any, timeline: _Timeline, ou
                         copier.cancel.set()
             except QemuGoneError:
                 copier.cancel.set()
-                raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
-                                    "no file was written") from None
+                raise _qemu_exited(where, "no file was written") from None
             except BaseException:  # Ctrl-C (CancelledError) or anything else: stop QEMU writing, clean up
                 copier.cancel.set()
                 thread.join()
                 os.close(rfd)
                 rfd = -1
+                # Best effort while already unwinding: let QEMU report the failed write and resume the guest.
+                # BaseException because a second Ctrl-C (CancelledError) must not replace the first error.
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(_drain_events(qmp, listener, timeline, True, 10))
                 raise
@@ -198,10 +188,9 @@ async def _dump_via_pipe(qmp: QmpSession, listener: Any, timeline: _Timeline, ou
             try:
                 await _drain_events(qmp, listener, timeline, True, 30)
             except QemuGoneError:
-                raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
-                                    "no file was written") from None
+                raise _qemu_exited(where, "no file was written") from None
             if timeline.completed is None:
-                raise WincrashError(f"{where}: QEMU closed the dump stream but never reported DUMP_COMPLETED")
+                raise DumpFailedError(f"{where}: QEMU closed the dump stream but never reported DUMP_COMPLETED")
             _check_completed(timeline, fmt, where)
             return copier.copied
     finally:
@@ -209,8 +198,13 @@ async def _dump_via_pipe(qmp: QmpSession, listener: Any, timeline: _Timeline, ou
             os.close(rfd)
 
 
-async def _dump_via_file(qmp: QmpSession, listener: Any, timeline: _Timeline, out: Path, fmt: str, force: bool,
-                         ram: int, progress: ProgressFn) -> int:
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):  # already gone, or not ours to remove: the error being raised matters more
+        path.unlink()
+
+
+async def _dump_via_file(qmp: QmpSession, listener: EventListener, timeline: _Timeline, out: Path, fmt: str,
+                         force: bool, ram: int, progress: ProgressFn) -> int:
     """TCP targets: QEMU opens and writes ``out`` itself (mode 0400, owned by QEMU's user)."""
     where = qmp.target.describe()
     if out.exists():
@@ -227,20 +221,16 @@ async def _dump_via_file(qmp: QmpSession, listener: Any, timeline: _Timeline, ou
                 timeline.record(msg)
         await _drain_events(qmp, listener, timeline, True, 10)
     except QemuGoneError:
-        with contextlib.suppress(OSError):
-            out.unlink()
-        raise WincrashError(f"{where}: QEMU exited during the dump (killed or crashed); "
-                            "the partial file was removed") from None
+        _remove(out)
+        raise _qemu_exited(where, "the partial file was removed") from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            out.unlink()  # QEMU keeps writing to the unlinked file until it is done; the guest resumes then
+        _remove(out)  # QEMU keeps writing to the unlinked file until it is done; the guest resumes then
         raise
     try:
         _check_completed(timeline, fmt, where)
-    except WincrashError:
-        with contextlib.suppress(OSError):
-            out.unlink()
+    except DumpFailedError:
+        _remove(out)
         raise
-    with contextlib.suppress(OSError):
-        os.chmod(out, 0o600)  # QEMU creates dumps 0400
+    with contextlib.suppress(OSError):  # QEMU creates dumps 0400; a file another user owns stays so
+        os.chmod(out, 0o600)
     return out.stat().st_size if out.exists() else 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from wincrash.errors import WincrashError
+from wincrash.vm.errors import NotQmpError, VmError, VmUnreachableError
 
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 
@@ -35,7 +35,7 @@ class Target:
     uri: str | None = None
 
     def describe(self) -> str:
-        """How to name this VM in messages."""
+        """How to name this VM in messages: the socket path, ``tcp:HOST:PORT`` or ``libvirt domain 'NAME' (URI)``."""
         if self.kind == "unix":
             return str(self.path)
         if self.kind == "tcp":
@@ -43,13 +43,16 @@ class Target:
         return f"libvirt domain {self.domain!r} ({self.uri})"
 
     def qmp_address(self) -> str | tuple[str, int]:
-        """The address in the form qemu.qmp's connect() takes."""
+        """The address in the form qemu.qmp's ``connect()`` takes: a path string or ``(host, port)``.
+
+        :raises NotQmpError: for a libvirt domain (libvirt owns its monitor).
+        """
         if self.kind == "unix":
             return str(self.path)
         if self.kind == "tcp":
             assert self.host is not None and self.port is not None
             return (self.host, self.port)
-        raise WincrashError(f"{self.describe()}: libvirt domains are reached through libvirt, not QMP directly")
+        raise NotQmpError(f"{self.describe()}: libvirt domains are reached through libvirt, not QMP directly")
 
     def as_dict(self) -> dict[str, object]:
         """JSON form, for --json results."""
@@ -70,38 +73,45 @@ def _looks_like_path(vm: str) -> bool:
 def parse_target(vm: str, connect: str | None = None) -> Target:
     """Turn the VM argument (and --connect) into a Target, or fail with one clear line.
 
-    The path case checks what is at the path now, because "no such socket" and "that is a regular
-    file" are the two mistakes people make most (a typo, or the disk image instead of the socket).
+    ``vm`` is a QMP UNIX socket path (optionally ``unix:PATH``), ``tcp:HOST:PORT`` (IPv6 host in
+    brackets) or anything else, which is a libvirt domain name at ``connect`` (default
+    ``qemu:///system``). The path case checks what is at the path now, because "no such socket" and
+    "that is a regular file" are the two mistakes people make most (a typo, or the disk image instead
+    of the socket). Nothing is opened.
+
+    :raises VmError: empty argument, malformed ``tcp:``, port out of range, ``--connect`` with a non-domain.
+    :raises VmUnreachableError: nothing at the path, or the path cannot be examined.
+    :raises NotQmpError: the path is a regular file, a directory or another non-socket.
     """
     vm = vm.strip()
     if not vm:
-        raise WincrashError("empty VM argument: give a QMP socket path, tcp:HOST:PORT or a libvirt domain name")
+        raise VmError("empty VM argument: give a QMP socket path, tcp:HOST:PORT or a libvirt domain name")
     m = _TCP_RE.match(vm)
     if m:
         if connect:
-            raise WincrashError("--connect only applies to libvirt domain names, not to tcp:HOST:PORT")
+            raise VmError("--connect only applies to libvirt domain names, not to tcp:HOST:PORT")
         port = int(m["port"])
         if not 0 < port < 65536:
-            raise WincrashError(f"{vm}: port {port} is out of range")
+            raise VmError(f"{vm}: port {port} is out of range")
         return Target(kind="tcp", host=m["host"].strip("[]"), port=port)
     if vm.startswith("tcp:"):
-        raise WincrashError(f"{vm}: expected tcp:HOST:PORT")
+        raise VmError(f"{vm}: expected tcp:HOST:PORT")
     if _looks_like_path(vm):
         if connect:
-            raise WincrashError("--connect only applies to libvirt domain names, not to socket paths")
+            raise VmError("--connect only applies to libvirt domain names, not to socket paths")
         path = Path(vm.removeprefix("unix:")).expanduser()
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise WincrashError(
+            raise VmUnreachableError(
                 f"{path}: no such socket (start QEMU with -qmp unix:{path},server=on,wait=off)"
             ) from None
         except OSError as exc:
-            raise WincrashError(f"{path}: cannot reach the socket: {(exc.strerror or str(exc)).lower()}") from None
+            raise VmUnreachableError(f"{path}: cannot reach the socket: {(exc.strerror or str(exc)).lower()}") from None
         if not stat.S_ISSOCK(st.st_mode):
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "a regular file" if stat.S_ISREG(st.st_mode) \
                 else "not a socket"
-            raise WincrashError(f"{path}: is {what}, not a QMP socket" if what != "not a socket"
+            raise NotQmpError(f"{path}: is {what}, not a QMP socket" if what != "not a socket"
                                 else f"{path}: not a socket")
         return Target(kind="unix", path=path.absolute())
     return Target(kind="libvirt", domain=vm, uri=connect or DEFAULT_LIBVIRT_URI)

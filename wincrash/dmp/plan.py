@@ -1,0 +1,148 @@
+"""Plan a DMP from what was found in memory: header values, memory patches, and where registers come from.
+
+plan_dump() decides and writes nothing: it returns a frozen DumpPlan that dmp/writer.py carries out.
+Patches are (guest-physical address, bytes) pairs written over the copied pages: the decoded KDBG
+(Windows 8+ keep it encoded; WinDbg needs it plain) and each processor's CONTEXT, written into the
+buffer KPRCB.Context points at, where WinDbg reads a processor's registers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from wincrash import __version__
+from wincrash.dmp.context import context_from_note
+from wincrash.dmp.header import HeaderFields
+from wincrash.errors import WincrashError
+from wincrash.formats.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT
+from wincrash.formats.dump import MAX_RUNS64, PAGE_SIZE
+from wincrash.memory.source import PhysicalSource
+from wincrash.windows.bugcheck import LIVE_SYSTEM_DUMP, describe_bugcheck
+from wincrash.windows.facts import WindowsFacts
+from wincrash.windows.paging import AddressSpace
+
+KERNEL_SPACE = 0xFFFF800000000000  # lowest canonical kernel-half virtual address
+KERNEL_CODE_SELECTOR = 0x10  # KGDT64_R0_CODE: CS of a kernel-mode x64 context
+REGISTERS_FROM_SAVED = "KPRCB.ProcessorState.ContextFrame (Windows' saved context)"
+
+Patch = tuple[int, bytes]  # (guest-physical address, bytes to write there)
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    """Everything a writer needs besides the memory itself.
+
+    ``patches`` never cross a page; ``register_sources`` maps processor number -> where the dump's
+    registers for it come from (only processors that have registers); ``bugcheck`` describes the
+    header's stop code ("0x00000161 LIVE_SYSTEM_DUMP" for a guest that had not crashed);
+    ``warnings`` are what planning could not do, for the user.
+    """
+
+    header: HeaderFields
+    patches: tuple[Patch, ...]
+    register_sources: Mapping[int, str]
+    bugcheck: str
+    warnings: tuple[str, ...]
+
+
+def merge_runs(runs: Sequence[tuple[int, int]], limit: int = MAX_RUNS64) -> list[tuple[int, int]]:
+    """At most ``limit`` (first page, page count) runs, by closing the smallest gaps (written as zero pages)."""
+    merged = sorted(runs)
+    while len(merged) > limit:
+        gaps = [(merged[i + 1][0] - (merged[i][0] + merged[i][1]), i) for i in range(len(merged) - 1)]
+        _, i = min(gaps)
+        base = merged[i][0]
+        merged[i:i + 2] = [(base, merged[i + 1][0] + merged[i + 1][1] - base)]
+    return merged
+
+
+def va_patch(space: AddressSpace, va: int, data: bytes) -> list[Patch] | None:
+    """Physical patches that write ``data`` at virtual ``va`` (one per page touched); None if a page is unmapped."""
+    patches = []
+    pos = 0
+    while pos < len(data):
+        pa = space.translate(va + pos)
+        if pa is None:
+            return None
+        n = min(len(data) - pos, PAGE_SIZE - ((va + pos) % PAGE_SIZE))
+        patches.append((pa, data[pos:pos + n]))
+        pos += n
+    return patches
+
+
+def saved_context(space: AddressSpace, va: int | None) -> bytes | None:
+    """The 0x4D0-byte CONTEXT Windows saved at ``va`` (KPRCB.ProcessorState.ContextFrame), when it looks
+    like a kernel context (CONTEXT_AMD64 flag, CS 0x10, RIP in the kernel half); None otherwise."""
+    if not va:
+        return None
+    raw = space.read(va, CONTEXT_AMD64_SIZE)
+    if raw is None:
+        return None
+    ctx = CONTEXT_AMD64_STRUCT.parse(raw)
+    if not ctx.ContextFlags & CONTEXT_AMD64 or ctx.SegCs != KERNEL_CODE_SELECTOR or ctx.Rip < KERNEL_SPACE:
+        return None
+    return raw
+
+
+def plan_dump(facts: WindowsFacts, source: PhysicalSource) -> DumpPlan:
+    """The header, patches and register sources of a DMP of ``source`` as ``facts`` describe it.
+
+    Each processor's registers come from its vCPU note, else from Windows' saved context; with no
+    processor registers at all, vCPU note 0's registers go in the header. A guest that had not
+    crashed gets LIVE_SYSTEM_DUMP (0x161). More than MAX_RUNS64 runs are merged. Reads memory
+    through facts.kernel.space; changes neither argument. Raises WincrashError when the decoded
+    KDBG cannot be written back (its page is not mapped).
+    """
+    space = facts.kernel.space
+    kdbg = facts.kdbg
+    warnings: list[str] = []
+    patches: list[Patch] = []
+    if kdbg.encoded:
+        kdbg_patch = va_patch(space, kdbg.va, kdbg.plain)
+        if kdbg_patch is None:
+            raise WincrashError("the KDBG was decoded but its page is not mapped: cannot write it back")
+        patches += kdbg_patch
+    contexts: dict[int, bytes] = {}
+    sources: dict[int, str] = {}
+    for cpu in facts.cpus:
+        if cpu.note_index is not None:
+            ctx = context_from_note(source.cpus[cpu.note_index])
+            sources[cpu.number] = cpu.register_source
+        else:
+            saved = saved_context(space, cpu.proc_state_context_va)
+            if saved is None:
+                continue
+            ctx = saved
+            sources[cpu.number] = REGISTERS_FROM_SAVED
+        contexts[cpu.number] = ctx
+        if cpu.context_va:
+            p = va_patch(space, cpu.context_va, ctx)
+            if p is None:
+                warnings.append(f"processor {cpu.number}: its CONTEXT buffer 0x{cpu.context_va:x} is not "
+                                "mapped; its registers are not written")
+            else:
+                patches += p
+    if not contexts and source.cpus:
+        contexts[0] = context_from_note(source.cpus[0])
+    header_context = contexts.get(0) or next(iter(contexts.values()), bytes(CONTEXT_AMD64_SIZE))
+    runs: Sequence[tuple[int, int]] = facts.runs
+    if len(runs) > MAX_RUNS64:
+        warnings.append(f"Windows describes {len(runs)} memory runs; merged into {MAX_RUNS64} (the gaps "
+                        "are written as zero pages)")
+        runs = merge_runs(runs)
+    code, params = (facts.bugcheck_code, facts.bugcheck_parameters) if facts.crashed else (LIVE_SYSTEM_DUMP,
+                                                                                          (0, 0, 0, 0))
+    header = HeaderFields(
+        build=facts.build, directory_table_base=facts.system_dtb or facts.dtb,
+        pfn_database=kdbg.mm_pfn_database, ps_loaded_module_list=kdbg.ps_loaded_module_list,
+        ps_active_process_head=kdbg.ps_active_process_head, kd_debugger_data_block=kdbg.va,
+        number_processors=len(facts.cpus) or max(len(source.cpus), 1), bugcheck_code=code,
+        bugcheck_parameters=params, runs=runs, context=header_context, system_time=facts.system_time,
+        system_uptime=facts.interrupt_time, product_type=facts.product_type, suite_mask=facts.suite_mask,
+        kd_secondary_version=facts.kd_secondary_version, major_version=facts.major_version,
+        comment=f"wincrash {__version__}: {'live' if not facts.crashed else 'crash'} dump converted from "
+                f"{source.kind} without symbols",
+    )
+    return DumpPlan(header, tuple(patches), MappingProxyType(sources), describe_bugcheck(code), tuple(warnings))
