@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from wincrash.formats.layout import check_layout
+
 CONTEXT_AMD64_SIZE = 0x4D0
 
 # ContextFlags bits (CONTEXT_AMD64 = 0x100000).
@@ -72,3 +74,11 @@ CONTEXT_AMD64_STRUCT = Struct(
     "LastExceptionToRip" / Int64ul,  # 0x4C0
     "LastExceptionFromRip" / Int64ul,  # 0x4C8
 )  # 0x4D0
+
+# --- layout checks at import (winnt.h; kdmp-parser static_asserts CONTEXT at 0x4D0) ----------------
+check_layout("XMM_SAVE_AREA32", XMM_SAVE_AREA32, 0x200, {"MxCsr": 0x18, "FloatRegisters": 0x20, "XmmRegisters": 0xA0})
+check_layout("CONTEXT", CONTEXT_AMD64_STRUCT, CONTEXT_AMD64_SIZE, {
+    "ContextFlags": 0x30, "MxCsr": 0x34, "SegCs": 0x38, "SegSs": 0x42, "EFlags": 0x44, "Dr0": 0x48, "Rax": 0x78,
+    "Rsp": 0x98, "R15": 0xF0, "Rip": 0xF8, "FltSave": 0x100, "VectorRegister": 0x300, "VectorControl": 0x4A0,
+    "LastExceptionFromRip": 0x4C8,
+})

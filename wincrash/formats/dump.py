@@ -9,7 +9,11 @@ hold the 'PAGE' fill instead of a descriptor.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 from construct import Array, Bytes, Const, Int8ul, Int32ul, Int64ul, Struct
+
+from wincrash.formats.layout import check_layout
 
 PAGE_SIZE = 0x1000
 PAGE_PATTERN_U32 = 0x45474150  # b'PAGE' read as a little-endian u32
@@ -19,15 +23,41 @@ DUMP_SIGNATURE64 = b"PAGEDU64"
 DUMP_SIGNATURE32 = b"PAGEDUMP"
 DUMP_HEADER64_SIZE = 0x2000
 DUMP_HEADER32_SIZE = 0x1000
-MAX_RUNS64 = 42  # runs that fit in PhysicalMemoryBlockBuffer (0x2C0 - 0x10) / 0x10
+MAX_RUNS64 = 42  # runs Windows and DESIGN §3 allow in PhysicalMemoryBlockBuffer (0x2C0 bytes, 0x10 head)
 MAX_RUNS32 = 86
 
-# DumpType values
-DUMP_TYPE_FULL = 1
-DUMP_TYPE_KERNEL = 2  # legacy summary (kernel) dump
-DUMP_TYPE_TRIAGE = 4
-DUMP_TYPE_BITMAP = 5
-DUMP_TYPE_LIVE_KERNEL_BITMAP = 6
+
+
+class DumpType(IntEnum):
+    """DUMP_HEADER.DumpType (u32 at 0xF98 / 0xF88), as kdmp-parser's DumpType_t and DbgEng name them.
+
+    1-6 are what Windows' crash dump driver writes; 8-10 are what current WinDbg's `.dump /ka`,
+    `/k` and `/f` write (named here only: wincrash does not read their bodies yet).
+    """
+
+    FULL = 1  # complete memory dump, pages of each run back to back after the header
+    KERNEL = 2  # legacy summary (kernel) dump
+    TRIAGE = 4  # small memory dump / minidump
+    BITMAP = 5  # 'FDMP' / 'SDMP' summary header and a page bitmap
+    LIVE_KERNEL_BITMAP = 6  # live kernel dump (bitmap layout)
+    KERNEL_MEMORY = 8
+    KERNEL_AND_USER_MEMORY = 9
+    COMPLETE_MEMORY = 10
+
+
+class MachineType(IntEnum):
+    """DUMP_HEADER.MachineImageType: IMAGE_FILE_MACHINE_* from the PE/COFF specification."""
+
+    I386 = 0x014C
+    AMD64 = 0x8664
+    ARM64 = 0xAA64
+
+
+DUMP_TYPE_FULL = int(DumpType.FULL)
+DUMP_TYPE_KERNEL = int(DumpType.KERNEL)
+DUMP_TYPE_TRIAGE = int(DumpType.TRIAGE)
+DUMP_TYPE_BITMAP = int(DumpType.BITMAP)
+DUMP_TYPE_LIVE_KERNEL_BITMAP = int(DumpType.LIVE_KERNEL_BITMAP)
 DUMP_TYPE_NAMES = {
     DUMP_TYPE_FULL: "full (complete memory dump)",
     DUMP_TYPE_KERNEL: "kernel (summary dump)",
@@ -36,9 +66,9 @@ DUMP_TYPE_NAMES = {
     DUMP_TYPE_LIVE_KERNEL_BITMAP: "live kernel bitmap",
 }
 
-MACHINE_AMD64 = 0x8664
-MACHINE_I386 = 0x014C
-MACHINE_ARM64 = 0xAA64
+MACHINE_AMD64 = int(MachineType.AMD64)
+MACHINE_I386 = int(MachineType.I386)
+MACHINE_ARM64 = int(MachineType.ARM64)
 MACHINE_NAMES = {MACHINE_AMD64: "x64", MACHINE_I386: "x86", MACHINE_ARM64: "ARM64"}
 
 PHYSICAL_MEMORY_RUN64 = Struct("BasePage" / Int64ul, "PageCount" / Int64ul)
@@ -164,3 +194,28 @@ BITMAP_SUMMARY_HEADER = Struct(
     "TotalPresentPages" / Int64ul,  # 0x28
     "Pages" / Int64ul,  # 0x30 number of bits in the bitmap (highest PFN + 1)
 )  # bitmap at 0x38, LSB first
+
+# --- layout checks at import (offsets from ../shared/DESIGN.md §3, kdmp-parser's static_asserts) -----
+check_layout("PHYSICAL_MEMORY_RUN64", PHYSICAL_MEMORY_RUN64, 0x10)
+check_layout("PHYSICAL_MEMORY_DESCRIPTOR64_HEAD", PHYSICAL_MEMORY_DESCRIPTOR64_HEAD, 0x10, {"NumberOfPages": 0x8})
+check_layout("PHYSICAL_MEMORY_RUN32", PHYSICAL_MEMORY_RUN32, 0x8)
+check_layout("PHYSICAL_MEMORY_DESCRIPTOR32_HEAD", PHYSICAL_MEMORY_DESCRIPTOR32_HEAD, 0x8)
+check_layout("EXCEPTION_RECORD64", EXCEPTION_RECORD64, 0x98, {"NumberParameters": 0x18, "ExceptionInformation": 0x20})
+check_layout("EXCEPTION_RECORD32", EXCEPTION_RECORD32, 0x50)
+check_layout("DUMP_HEADER64", DUMP_HEADER64, DUMP_HEADER64_SIZE, {
+    "MajorVersion": 0x8, "DirectoryTableBase": 0x10, "PfnDataBase": 0x18, "PsLoadedModuleList": 0x20,
+    "PsActiveProcessHead": 0x28, "MachineImageType": 0x30, "NumberProcessors": 0x34, "BugCheckCode": 0x38,
+    "BugCheckParameter": 0x40, "KdDebuggerDataBlock": 0x80, "PhysicalMemoryBlockBuffer": 0x88,
+    "ContextRecordBuffer": 0x348, "Exception": 0xF00, "DumpType": 0xF98, "RequiredDumpSpace": 0xFA0,
+    "SystemTime": 0xFA8, "Comment": 0xFB0, "SystemUpTime": 0x1030, "MiniDumpFields": 0x1038,
+    "SecondaryDataState": 0x103C, "ProductType": 0x1040, "SuiteMask": 0x1044, "WriterStatus": 0x1048,
+    "KdSecondaryVersion": 0x104D, "Attributes": 0x1050, "BootId": 0x1054,
+})
+check_layout("DUMP_HEADER32", DUMP_HEADER32, DUMP_HEADER32_SIZE, {
+    "KdDebuggerDataBlock": 0x60, "PhysicalMemoryBlockBuffer": 0x64, "ContextRecordBuffer": 0x320,
+    "Exception": 0x7D0, "DumpType": 0xF88, "RequiredDumpSpace": 0xFA0, "SystemUpTime": 0xFB8, "SystemTime": 0xFC0,
+})
+check_layout("BITMAP_SUMMARY_HEADER", BITMAP_SUMMARY_HEADER, BITMAP_SUMMARY_HEADER_SIZE,
+             {"FirstPage": 0x20, "TotalPresentPages": 0x28, "Pages": 0x30})
+if 0x10 + MAX_RUNS64 * 0x10 > 0x2C0 or 0x8 + MAX_RUNS32 * 0x8 > 700:
+    raise AssertionError("MAX_RUNS64 / MAX_RUNS32 runs do not fit in PhysicalMemoryBlockBuffer")
