@@ -13,7 +13,6 @@ from typing import Any, BinaryIO
 from construct import Container
 
 from wincrash.errors import WincrashError
-from wincrash.formats.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, CONTEXT_FLOATING_POINT
 from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,
     BITMAP_KERNEL_SIGNATURE,
@@ -50,13 +49,13 @@ from wincrash.formats.triage import (
     TRIAGE_DUMP64,
     TRIAGE_VALID,
 )
+from wincrash.info.context import describe_context
 from wincrash.info.report import Report, duration_100ns, filetime_to_iso
 from wincrash.windows.bugcheck import bugcheck_name, describe_bugcheck
 
 BITMAP_TYPES = (DUMP_TYPE_BITMAP, DUMP_TYPE_LIVE_KERNEL_BITMAP)
 RUN_TYPES = (DUMP_TYPE_FULL, DUMP_TYPE_KERNEL, DUMP_TYPE_BITMAP, DUMP_TYPE_LIVE_KERNEL_BITMAP)
 TRIAGE_DRIVERS_SHOWN = 10
-KERNEL_CS = 0x10  # x64 Windows kernel code selector; 0x18 (raw2dmp's value) is the kernel stack selector
 
 
 def read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
@@ -253,8 +252,11 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
     if dump_type in RUN_TYPES and is_page_pattern(header.SystemTime):
         problems.append("SystemTime holds the 'PAGE' fill: it was never set")
 
-    if is64 and header.MachineImageType != 0x014C:
-        _describe_context64(header.ContextRecordBuffer, report)
+    # Per-architecture CONTEXT (wincrash/info/context.py).
+    found = describe_context(header.ContextRecordBuffer, header.MachineImageType, dump_type in RUN_TYPES)
+    report.sections["context"] = found.section
+    problems.extend(found.problems)
+    report.notes.extend(found.notes)
 
     extent = None
     if dump_type in RUN_TYPES:
@@ -274,27 +276,6 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         if extent > size:
             problems.append(f"the header describes {extent:,} bytes of dump but the file has {size:,}: truncated")
     return report
-
-
-def _describe_context64(buffer: bytes, report: Report) -> None:
-    context = CONTEXT_AMD64_STRUCT.parse(buffer[:CONTEXT_AMD64_SIZE])
-    if is_page_pattern(context.ContextFlags, 4):
-        report.sections["context"] = None
-        if report.sections["header"]["dump_type"] in RUN_TYPES:
-            report.problems.append("the header context record holds the 'PAGE' fill: no registers")
-        return
-    report.sections["context"] = {
-        "rip": hx(context.Rip), "rsp": hx(context.Rsp), "rbp": hx(context.Rbp),
-        "cs": hx(context.SegCs), "ss": hx(context.SegSs), "eflags": hx(context.EFlags),
-        "context_flags": hx(context.ContextFlags), "mxcsr": hx(context.MxCsr),
-    }
-    if context.SegCs not in (KERNEL_CS, 0x33, 0x23):
-        report.problems.append(f"header context CS is 0x{context.SegCs:x}, not a Windows code selector "
-                               "(kernel 0x10, user 0x33)")
-    if context.ContextFlags & CONTEXT_FLOATING_POINT == CONTEXT_FLOATING_POINT \
-            and context.MxCsr != context.FltSave.MxCsr:
-        report.problems.append(f"header context MxCsr 0x{context.MxCsr:x} differs from FltSave.MxCsr "
-                               f"0x{context.FltSave.MxCsr:x}")
 
 
 def _describe_runs(fh: BinaryIO, header: Container, is64: bool, size: int, report: Report) -> int | None:
