@@ -40,6 +40,7 @@ from wincrash.formats.dump import (
     PHYSICAL_MEMORY_DESCRIPTOR64_HEAD,
     PHYSICAL_MEMORY_RUN32,
     PHYSICAL_MEMORY_RUN64,
+    RDMP_TYPES,
 )
 from wincrash.formats.triage import (
     DUMP_DRIVER_ENTRY64,
@@ -49,13 +50,13 @@ from wincrash.formats.triage import (
     TRIAGE_DUMP64,
     TRIAGE_VALID,
 )
+from wincrash.info.bugcheck import bugcheck_section
 from wincrash.info.context import describe_context
+from wincrash.info.rdmp import describe_rdmp
 from wincrash.info.report import Report, duration_100ns, filetime_to_iso
-from wincrash.windows.bugcheck import bugcheck_name, describe_bugcheck
 
 BITMAP_TYPES = (DUMP_TYPE_BITMAP, DUMP_TYPE_LIVE_KERNEL_BITMAP)
 RUN_TYPES = (DUMP_TYPE_FULL, DUMP_TYPE_KERNEL, DUMP_TYPE_BITMAP, DUMP_TYPE_LIVE_KERNEL_BITMAP)
-TRIAGE_DRIVERS_SHOWN = 10
 
 
 def read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
@@ -184,6 +185,10 @@ def _extent(fh: BinaryIO, header: Container, is64: bool) -> int:
     if dump_type == DUMP_TYPE_TRIAGE and is64:
         triage = TRIAGE_DUMP64.parse(read_at(fh, header_size, TRIAGE_DUMP64.sizeof()))
         return triage.SizeOfDump
+    if dump_type in RDMP_TYPES and is64:  # DumpType 8-10 (wincrash/info/rdmp.py)
+        rdmp = describe_rdmp(fh, dump_type, header_size, None)
+        if rdmp.extent is not None:
+            return rdmp.extent
     space = header.RequiredDumpSpace
     if header_size <= space < 1 << 48 and not is_page_pattern(space):
         return space
@@ -228,12 +233,7 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         "required_dump_space": header.RequiredDumpSpace,
         "comment": header.Comment.split(b"\0", 1)[0].decode("latin-1") if header.Comment[:4] != b"PAGE" else None,
     }
-    report.sections["bugcheck"] = {
-        "code": hx(header.BugCheckCode),
-        "name": bugcheck_name(header.BugCheckCode),
-        "text": describe_bugcheck(header.BugCheckCode),
-        "parameters": [hx(p) for p in header.BugCheckParameter],
-    }
+    report.sections["bugcheck"] = bugcheck_section(header.BugCheckCode, header.BugCheckParameter)
     problems = report.problems
     if type_name is None:
         problems.append(f"unknown DumpType {dump_type}")
@@ -253,7 +253,8 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         problems.append("SystemTime holds the 'PAGE' fill: it was never set")
 
     # Per-architecture CONTEXT (wincrash/info/context.py).
-    found = describe_context(header.ContextRecordBuffer, header.MachineImageType, dump_type in RUN_TYPES)
+    found = describe_context(header.ContextRecordBuffer, header.MachineImageType,
+                             dump_type in RUN_TYPES + RDMP_TYPES)
     report.sections["context"] = found.section
     problems.extend(found.problems)
     report.notes.extend(found.notes)
@@ -263,6 +264,15 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         extent = _describe_runs(fh, header, is64, size, report)
     elif dump_type == DUMP_TYPE_TRIAGE and is64:
         extent = _describe_triage(fh, size, report)
+    elif dump_type in RDMP_TYPES and is64:  # DumpType 8-10 (wincrash/info/rdmp.py)
+        parsed = parse_runs(header.PhysicalMemoryBlockBuffer, True)
+        if parsed is not None:
+            _describe_runs(fh, header, is64, size, report)
+        rdmp = describe_rdmp(fh, dump_type, size, parsed[2] if parsed else None)
+        report.sections["rdmp"] = rdmp.section
+        problems.extend(rdmp.problems)
+        report.notes.extend(rdmp.notes)
+        extent = rdmp.extent
     if dump_type in RUN_TYPES and not is_page_pattern(header.RequiredDumpSpace):
         if size < header.RequiredDumpSpace:
             problems.append(f"the file is {size:,} bytes but RequiredDumpSpace says {header.RequiredDumpSpace:,}: "
@@ -387,7 +397,7 @@ def _describe_triage(fh: BinaryIO, size: int, report: Report) -> int | None:
         for i in range(len(table) // DUMP_DRIVER_ENTRY64_SIZE):
             entry = DUMP_DRIVER_ENTRY64.parse(table[i * DUMP_DRIVER_ENTRY64_SIZE:(i + 1) * DUMP_DRIVER_ENTRY64_SIZE])
             drivers.append((_dump_string(fh, entry.DriverNameOffset), entry.DllBase, entry.SizeOfImage))
-        info["drivers"] = [{"name": n, "base": hx(b), "size": hx(z)} for n, b, z in drivers[:TRIAGE_DRIVERS_SHOWN]]
+        info["drivers"] = [{"name": n, "base": hx(b), "size": hx(z)} for n, b, z in drivers]
         # Which loaded driver each bugcheck parameter points into: often the first thing WinDbg says.
         params = [int(p, 16) for p in report.sections["bugcheck"]["parameters"]]
         report.sections["bugcheck"]["parameter_modules"] = [

@@ -169,7 +169,7 @@ def open_source(path: Path) -> PhysicalSource:
 
 def _open_dmp(path: Path, fh: BinaryIO, size: int) -> PhysicalSource:
     """An existing full or bitmap DMP as a memory source (to re-write or repair it)."""
-    from wincrash.formats.dump import BITMAP_SUMMARY_HEADER, DUMP_HEADER64, DUMP_HEADER64_SIZE
+    from wincrash.formats.dump import BITMAP_SUMMARY_HEADER, DUMP_HEADER64, DUMP_HEADER64_SIZE, DUMP_TYPE_NAMES
     from wincrash.info.dmpfile import parse_runs
 
     header = DUMP_HEADER64.parse(os.pread(fh.fileno(), DUMP_HEADER64_SIZE, 0))
@@ -198,5 +198,7 @@ def _open_dmp(path: Path, fh: BinaryIO, size: int) -> PhysicalSource:
             value >>= run
             pfn += run
     else:
-        raise WincrashError(f"{path}: DumpType {header.DumpType} cannot be converted (full or bitmap dumps only)")
+        kind = DUMP_TYPE_NAMES.get(header.DumpType, "unknown")
+        raise WincrashError(f"{path}: DumpType {header.DumpType} ({kind}) cannot be converted "
+                            "(full or bitmap dumps only)")
     return PhysicalSource(path, fh, "dmp", segments, [], 0x8664)
