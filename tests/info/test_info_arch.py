@@ -12,10 +12,10 @@ from helpers import run_wincrash
 from wincrash.dmp.header import HeaderFields, build_header64
 from wincrash.formats.context import (
     CONTEXT_AMD64_STRUCT,
-    CONTEXT_FULL,
     CONTEXT_ARM64_CONTROL,
     CONTEXT_ARM64_INTEGER,
     CONTEXT_ARM64_STRUCT,
+    CONTEXT_FULL,
     CONTEXT_I386,
     CONTEXT_X86_STRUCT,
 )
