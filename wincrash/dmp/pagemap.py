@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from wincrash.dmp.reader import BITMAP_OFFSET, BITMAP_TYPES, BitmapSummary, DmpFile, read_at
 from wincrash.errors import WincrashError
-from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE, DumpType
+from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_NAMES, PAGE_SIZE, DumpType
 
 MAX_PFN = 1 << 40  # x64 physical addresses have at most 52 bits (4 PiB): page frames below 2**40
 BITMAP_CHUNK = 1 << 20  # bytes of bitmap read at a time (8 Mi pages, 32 GiB of memory)
@@ -69,7 +69,8 @@ def page_map(fh: BinaryIO, dmp: DmpFile) -> PageMap:
     if dmp.runs is None:
         raise WincrashError("this dump has no physical memory runs (triage dump?): nothing to convert")
     if not dmp.is64 or dmp.dump_type not in (DumpType.FULL, *BITMAP_TYPES):
-        raise WincrashError(f"DumpType {dmp.dump_type} cannot be converted (full or bitmap dumps only)")
+        kind = DUMP_TYPE_NAMES.get(dmp.dump_type, "unknown")
+        raise WincrashError(f"DumpType {dmp.dump_type} ({kind}) cannot be converted (full or bitmap dumps only)")
     if dmp.dump_type == DumpType.FULL:
         return _full_page_map(dmp)
     summary = dmp.bitmap

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from construct import Array, Bytes, Const, Int8ul, Int32ul, Int64ul, Struct
+from construct import Array, Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from wincrash.formats.layout import check_layout
 
@@ -32,7 +32,7 @@ class DumpType(IntEnum):
     """DUMP_HEADER.DumpType (u32 at 0xF98 / 0xF88), as kdmp-parser's DumpType_t and DbgEng name them.
 
     1-6 are what Windows' crash dump driver writes; 8-10 are what current WinDbg's `.dump /ka`,
-    `/k` and `/f` write (named here only: wincrash does not read their bodies yet).
+    `/k` and `/f` write (`info` summarises their 'RDMP' layout; convert refuses them by name).
     """
 
     FULL = 1  # complete memory dump, pages of each run back to back after the header
@@ -58,12 +58,19 @@ DUMP_TYPE_KERNEL = int(DumpType.KERNEL)
 DUMP_TYPE_TRIAGE = int(DumpType.TRIAGE)
 DUMP_TYPE_BITMAP = int(DumpType.BITMAP)
 DUMP_TYPE_LIVE_KERNEL_BITMAP = int(DumpType.LIVE_KERNEL_BITMAP)
+DUMP_TYPE_KERNEL_MEMORY = int(DumpType.KERNEL_MEMORY)  # 'RDMP' layout (KernelMemoryDump, `.dump /k`)
+DUMP_TYPE_KERNEL_AND_USER_MEMORY = int(DumpType.KERNEL_AND_USER_MEMORY)  # 'RDMP' layout (`.dump /ka`)
+DUMP_TYPE_COMPLETE_MEMORY = int(DumpType.COMPLETE_MEMORY)  # 'RDMP' layout (CompleteMemoryDump, `.dump /f`)
+RDMP_TYPES = (DUMP_TYPE_KERNEL_MEMORY, DUMP_TYPE_KERNEL_AND_USER_MEMORY, DUMP_TYPE_COMPLETE_MEMORY)
 DUMP_TYPE_NAMES = {
     DUMP_TYPE_FULL: "full (complete memory dump)",
     DUMP_TYPE_KERNEL: "kernel (summary dump)",
     DUMP_TYPE_TRIAGE: "triage (small memory dump / minidump)",
     DUMP_TYPE_BITMAP: "bitmap",
     DUMP_TYPE_LIVE_KERNEL_BITMAP: "live kernel bitmap",
+    DUMP_TYPE_KERNEL_MEMORY: "kernel memory dump ('RDMP' layout)",
+    DUMP_TYPE_KERNEL_AND_USER_MEMORY: "kernel and user memory dump ('RDMP' layout)",
+    DUMP_TYPE_COMPLETE_MEMORY: "complete memory dump ('RDMP' layout)",
 }
 
 MACHINE_AMD64 = int(MachineType.AMD64)
@@ -194,6 +201,35 @@ BITMAP_SUMMARY_HEADER = Struct(
     "TotalPresentPages" / Int64ul,  # 0x28
     "Pages" / Int64ul,  # 0x30 number of bits in the bitmap (highest PFN + 1)
 )  # bitmap at 0x38, LSB first
+
+# DumpType 8, 9 and 10: an 'RDMP' summary at 0x2000, a list of physical page ranges, then the
+# pages of those ranges back to back from FirstPageOffset. Layout as kdmp-parser reads it
+# (src/lib/kdmp-parser-structs.h: RDMP_HEADER64, KERNEL_RDMP_HEADER64, FULL_RDMP_HEADER64).
+RDMP_MARKER = 0x40
+RDMP_SIGNATURE = b"RDMP"
+RDMP_HEADER_SIZE = 0x20
+RDMP_SUMMARY_SIZE = 0x30  # the page ranges start here, relative to the summary
+RDMP_HEADER = Struct(
+    "Marker" / Int32ul,  # 0x00 0x40
+    "Signature" / Bytes(4),  # 0x04 'RDMP'
+    "ValidDump" / Bytes(4),  # 0x08 'DUMP'
+    "Unused" / Int32ul,  # 0x0C
+    "MetadataSize" / Int64ul,  # 0x10 bytes of metadata from 0x20 on: FirstPageOffset == 0x2020 + MetadataSize
+    "FirstPageOffset" / Int64ul,  # 0x18 file offset of the first page
+)  # 0x20
+RDMP_KERNEL_SUMMARY = Struct(  # DumpType 8 and 9
+    "Header" / RDMP_HEADER,  # 0x00
+    "Unknown1" / Int64ul,  # 0x20
+    "Unknown2" / Int64ul,  # 0x28
+)  # 0x30
+RDMP_COMPLETE_SUMMARY = Struct(  # DumpType 10
+    "Header" / RDMP_HEADER,  # 0x00
+    "NumberOfRanges" / Int32ul,  # 0x20
+    "Unknown1" / Int16ul,  # 0x24
+    "Unknown2" / Int16ul,  # 0x26
+    "TotalNumberOfPages" / Int64ul,  # 0x28
+)  # 0x30
+RDMP_PFN_RANGE = Struct("BasePage" / Int64ul, "PageCount" / Int64ul)  # 0x10 each, from summary + 0x30
 
 # --- layout checks at import (offsets from ../shared/DESIGN.md §3, kdmp-parser's static_asserts) -----
 check_layout("PHYSICAL_MEMORY_RUN64", PHYSICAL_MEMORY_RUN64, 0x10)

@@ -11,7 +11,6 @@ from typing import Any, BinaryIO
 
 from wincrash.dmp.pagemap import bitmap_counts
 from wincrash.dmp.reader import BITMAP_TYPES, RUN_TYPES, DmpFile, is_page_pattern, read_at, read_dmp
-from wincrash.formats.context import CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, CONTEXT_FLOATING_POINT
 from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,
     DUMP_TYPE_NAMES,
@@ -20,14 +19,14 @@ from wincrash.formats.dump import (
     MAX_RUNS64,
     PAGE_PATTERN_U32,
     PAGE_SIZE,
+    RDMP_TYPES,
     DumpType,
-    MachineType,
 )
+from wincrash.info.bugcheck import bugcheck_section
+from wincrash.info.context import describe_context
+from wincrash.info.rdmp import describe_rdmp
 from wincrash.info.report import Report, duration_100ns, filetime_to_iso, hx
 from wincrash.info.triage import describe_triage
-from wincrash.windows.bugcheck import bugcheck_name, describe_bugcheck
-
-KERNEL_CS = 0x10  # x64 Windows kernel code selector; 0x18 (raw2dmp's value) is the kernel stack selector
 
 __all__ = ["check_runs", "describe_dmp", "hx"]
 
@@ -85,30 +84,38 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         "required_dump_space": header.RequiredDumpSpace,
         "comment": header.Comment.split(b"\0", 1)[0].decode("latin-1") if header.Comment[:4] != b"PAGE" else None,
     }
-    report.sections["bugcheck"] = {
-        "code": hx(header.BugCheckCode),
-        "name": bugcheck_name(header.BugCheckCode),
-        "text": describe_bugcheck(header.BugCheckCode),
-        "parameters": [hx(p) for p in header.BugCheckParameter],
-    }
+    report.sections["bugcheck"] = bugcheck_section(header.BugCheckCode, header.BugCheckParameter)
     _check_header(dmp, type_name, machine, report)
-    if dmp.is64 and header.MachineImageType != MachineType.I386:
-        _describe_context64(header.ContextRecordBuffer, report)
+    # Per-architecture CONTEXT (wincrash/info/context.py).
+    found = describe_context(header.ContextRecordBuffer, header.MachineImageType, dump_type in RUN_TYPES + RDMP_TYPES)
+    report.sections["context"] = found.section
+    report.problems.extend(found.problems)
+    report.notes.extend(found.notes)
 
+    extent = dmp.extent
     if dump_type in RUN_TYPES:
         _describe_runs(fh, dmp, report)
     elif dump_type == DumpType.TRIAGE and dmp.is64:
         describe_triage(fh, dmp.triage, report)
+    elif dump_type in RDMP_TYPES and dmp.is64:  # DumpType 8-10 (wincrash/info/rdmp.py)
+        if dmp.runs is not None:
+            _describe_runs(fh, dmp, report)
+        rdmp = describe_rdmp(fh, dump_type, size, list(dmp.runs.runs) if dmp.runs is not None else None)
+        report.sections["rdmp"] = rdmp.section
+        report.problems.extend(rdmp.problems)
+        report.notes.extend(rdmp.notes)
+        if rdmp.extent is not None:
+            extent = rdmp.extent
     if dump_type in RUN_TYPES and not is_page_pattern(header.RequiredDumpSpace):
         if size < header.RequiredDumpSpace:
             report.problems.append(f"the file is {size:,} bytes but RequiredDumpSpace says "
                                    f"{header.RequiredDumpSpace:,}: the dump is truncated")
-    if dmp.extent is not None:
+    if extent is not None:
         if dmp.secondary_blobs:
             report.sections["secondary_data"] = {"blobs": dmp.secondary_blobs, "bytes": dmp.secondary_bytes}
-        report.sections["header"]["extent"] = dmp.extent
-        if dmp.extent > size:
-            report.problems.append(f"the header describes {dmp.extent:,} bytes of dump but the file has {size:,}: "
+        report.sections["header"]["extent"] = extent
+        if extent > size:
+            report.problems.append(f"the header describes {extent:,} bytes of dump but the file has {size:,}: "
                                    "truncated")
     return report
 
@@ -131,27 +138,6 @@ def _check_header(dmp: DmpFile, type_name: str | None, machine: str | None, repo
         problems.append("the exception record holds the 'PAGE' fill (WinDbg shows 'Unknown exception - code 45474150')")
     if dmp.dump_type in RUN_TYPES and is_page_pattern(header.SystemTime):
         problems.append("SystemTime holds the 'PAGE' fill: it was never set")
-
-
-def _describe_context64(buffer: bytes, report: Report) -> None:
-    context = CONTEXT_AMD64_STRUCT.parse(buffer[:CONTEXT_AMD64_SIZE])
-    if is_page_pattern(context.ContextFlags, 4):
-        report.sections["context"] = None
-        if report.sections["header"]["dump_type"] in RUN_TYPES:
-            report.problems.append("the header context record holds the 'PAGE' fill: no registers")
-        return
-    report.sections["context"] = {
-        "rip": hx(context.Rip), "rsp": hx(context.Rsp), "rbp": hx(context.Rbp),
-        "cs": hx(context.SegCs), "ss": hx(context.SegSs), "eflags": hx(context.EFlags),
-        "context_flags": hx(context.ContextFlags), "mxcsr": hx(context.MxCsr),
-    }
-    if context.SegCs not in (KERNEL_CS, 0x33, 0x23):
-        report.problems.append(f"header context CS is 0x{context.SegCs:x}, not a Windows code selector "
-                               "(kernel 0x10, user 0x33)")
-    if context.ContextFlags & CONTEXT_FLOATING_POINT == CONTEXT_FLOATING_POINT \
-            and context.MxCsr != context.FltSave.MxCsr:
-        report.problems.append(f"header context MxCsr 0x{context.MxCsr:x} differs from FltSave.MxCsr "
-                               f"0x{context.FltSave.MxCsr:x}")
 
 
 def _describe_runs(fh: BinaryIO, dmp: DmpFile, report: Report) -> None:

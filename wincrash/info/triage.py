@@ -20,8 +20,6 @@ from wincrash.formats.triage import (
 )
 from wincrash.info.report import Report, hx
 
-TRIAGE_DRIVERS_SHOWN = 10
-
 
 def describe_triage(fh: BinaryIO, triage: Container | None, report: Report) -> None:
     """Add the triage section (drivers, embedded KDBG) of a 64-bit triage dump to ``report``.
@@ -52,7 +50,7 @@ def describe_triage(fh: BinaryIO, triage: Container | None, report: Report) -> N
         for i in range(len(table) // DUMP_DRIVER_ENTRY64_SIZE):
             entry = DUMP_DRIVER_ENTRY64.parse(table[i * DUMP_DRIVER_ENTRY64_SIZE:(i + 1) * DUMP_DRIVER_ENTRY64_SIZE])
             drivers.append((_dump_string(fh, entry.DriverNameOffset), entry.DllBase, entry.SizeOfImage))
-        info["drivers"] = [{"name": n, "base": hx(b), "size": hx(z)} for n, b, z in drivers[:TRIAGE_DRIVERS_SHOWN]]
+        info["drivers"] = [{"name": n, "base": hx(b), "size": hx(z)} for n, b, z in drivers]
         # Which loaded driver each bugcheck parameter points into: often the first thing WinDbg says.
         params = [int(p, 16) for p in report.sections["bugcheck"]["parameters"]]
         report.sections["bugcheck"]["parameter_modules"] = [
