@@ -128,7 +128,7 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
     if profile != "auto":
         check_profile(profile, 0)  # an unknown name fails here, before any slow work
     check_destination(output_path, force)
-    source = open_source(input_path)
+    source = open_source(input_path, output_path.parent)  # h6-formats: scratch files go next to the output
     with source.fh:
         t0 = time.monotonic()
         try:

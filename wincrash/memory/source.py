@@ -135,8 +135,11 @@ class PhysicalSource:
             pos = hole
 
 
-def open_source(path: Path) -> PhysicalSource:
-    """Open a memory image read-only and map it; the format is recognised by content."""
+def open_source(path: Path, scratch_dir: Path | None = None) -> PhysicalSource:
+    """Open a memory image read-only and map it; the format is recognised by content.
+
+    ``scratch_dir``: where an input whose pages are compressed may be decoded (memory.containers).
+    """
     fh, size = open_input(path)
     magic = os.pread(fh.fileno(), 8, 0)
     if magic[:4] == b"\x7fELF":
@@ -156,7 +159,14 @@ def open_source(path: Path) -> PhysicalSource:
         if nonzero_fill:
             source.notes.append(f"{nonzero_fill} pages stored with a non-zero fill byte read as zeros")
         return source
-    if magic[:4] in (b"MDMP", b"PAGE", b"HIBR", b"hibr") or magic == b"KDUMP   ":
+    # --- h6-formats hook: libvirt save images, compressed streams, kdump, LiME, not-memory files ---
+    from wincrash.memory.containers import open_container
+
+    container = open_container(path, fh, size, scratch_dir)
+    if container is not None:
+        return container
+    # --- end of hook ---
+    if magic[:4] in (b"MDMP", b"PAGE", b"HIBR", b"hibr"):
         fh.close()
         raise WincrashError(f"{path}: this input format cannot be converted (use a QEMU "
                             "dump-guest-memory ELF, a savevm stream, a raw memory image or a 64-bit full/bitmap DMP)")
