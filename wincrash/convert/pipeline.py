@@ -133,8 +133,14 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
         t0 = time.monotonic()
         try:
             facts = locate_windows(source)
-        except WincrashError:
+        except WincrashError as exc:
             _check_guest_mode(source)
+            if source.missing:  # h6-formats: a cut-off input explains a failed search before anything else
+                from wincrash.memory.missing import describe_missing
+
+                raise WincrashError(f"the input is truncated: {describe_missing(source.missing)} is missing, and "
+                                    f"what Windows needs was not found in the rest ({exc}): take or copy the dump "
+                                    "again") from None
             raise
         result = ConversionResult(str(input_path), str(output_path), fmt, facts,
                                   seconds_finding_windows=time.monotonic() - t0)

@@ -81,11 +81,19 @@ def _open_compressed(path: Path, fh: BinaryIO, start: int, compression: str, wha
     with fh:
         scratch, truncated = decompress_to_scratch(path, fh, start, compression, scratch_dir,
                                                    progress=os.isatty(2))
-    if os.pread(scratch.fileno(), 4, 0) == b"QEVM":
-        inner = _open_qevm_at(fd_path(scratch), scratch, 0)
-    else:
-        with scratch:
-            inner = open_source(fd_path(scratch), scratch_dir)  # reopens the unnamed file, which lives on with it
+    shown = str(fd_path(scratch))
+    try:
+        if os.pread(scratch.fileno(), 4, 0) == b"QEVM":
+            inner = _open_qevm_at(fd_path(scratch), scratch, 0)
+        else:
+            with scratch:
+                inner = open_source(fd_path(scratch), scratch_dir)  # reopens the unnamed file, which lives on
+    except WincrashError as exc:
+        detail = str(exc).replace(shown, f"{path} (decompressed)")
+        if truncated:
+            raise WincrashError(f"{path}: the input is truncated: its {compression} stream ends early, and what it "
+                                f"holds cannot be read ({detail}): take or copy the file again") from None
+        raise WincrashError(detail) from None
     inner.path = path
     inner.kind = f"{what} {inner.kind}"
     if truncated:

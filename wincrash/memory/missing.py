@@ -1,0 +1,54 @@
+"""Saying which guest-physical memory an input lacks, and making overlapping segments disjoint.
+
+Truncated inputs (an interrupted dump or copy) and paging dumps (`dump-guest-memory paging=true`,
+whose PT_LOADs follow the guest's virtual mappings, so several may hold the same physical page)
+both come down to segments: these helpers turn them into what PhysicalSource needs (sorted,
+non-overlapping) and into one line for the engineer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from wincrash.memory.qemu_elf import Segment
+
+
+def human_size(n: int) -> str:
+    """1 GiB, 12 MiB, 4 KiB, 100 bytes: the largest unit that divides ``n`` into at least 1."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def describe_missing(ranges: Iterable[tuple[int, int]], limit: int = 3) -> str:
+    """'0x1c0000000-0x200000000 (1 GiB)' for the largest ranges, and the total when there are more."""
+    ranges = sorted(ranges, key=lambda r: r[0] - r[1])
+    shown = ", ".join(f"0x{s:x}-0x{e:x} ({human_size(e - s)})" for s, e in sorted(ranges[:limit]))
+    if len(ranges) > limit:
+        total = sum(e - s for s, e in ranges)
+        shown += f" and {len(ranges) - limit} more ranges ({human_size(total)} in all)"
+    return shown
+
+
+def disjoint(segments: Iterable[Segment]) -> tuple[list[Segment], int]:
+    """(sorted non-overlapping segments, bytes of overlap dropped) from segments that may overlap.
+
+    Where two segments hold the same guest-physical bytes the first (lowest start, then longest)
+    is kept: QEMU's paging dumps store the same page once per virtual mapping, with equal bytes.
+    """
+    out: list[Segment] = []
+    covered = 0
+    dropped = 0
+    for seg in sorted(segments, key=lambda s: (s.paddr, -s.size)):
+        end = seg.paddr + seg.size
+        if end <= covered:
+            dropped += seg.size
+            continue
+        start = max(seg.paddr, covered)
+        cut = start - seg.paddr
+        dropped += cut
+        out.append(Segment(start, end - start, seg.offset + cut, max(0, min(seg.filesz - cut, end - start))))
+        covered = end
+    return out, dropped
