@@ -22,7 +22,8 @@ import pytest
 from helpers import run_wincrash, sample_file
 
 BUILD, CPUS, RAM_MIB = 19041, 2, 256
-COMPRESSORS = {"gzip": ["gzip", "-c"], "bzip2": ["bzip2", "-c"], "xz": ["xz", "-c", "-T1"], "zstd": ["zstd", "-c", "-q"],
+COMPRESSORS = {"gzip": ["gzip", "-c"], "bzip2": ["bzip2", "-c"], "xz": ["xz", "-c", "-T1"],
+               "zstd": ["zstd", "-c", "-q"],
                "lzop": ["lzop", "-c"]}
 
 
@@ -208,3 +209,57 @@ def test_truncated_input_names_what_is_missing(produced, name, tmp_path):
     else:  # what Windows needs lay in the missing part: the error says that first, in one line
         assert proc.stderr.startswith("wincrash: error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "truncated" in proc.stderr.split("(")[0], proc.stderr
+
+
+@pytest.mark.qemu
+def test_paging_dump_uses_physical_addresses(produced, tmp_path):
+    """dump-guest-memory paging=true: overlapping PT_LOADs are read by physical address, the gap is named."""
+    memory, work, reference = produced
+    result = convert(work / "vm.paging.elf", tmp_path / "x.dmp")
+    assert any("paging=true" in w for w in result["warnings"]), result["warnings"]
+    p = check_dump(tmp_path / "x.dmp", memory.truth)
+    held = 0
+    for pfn in sorted(memory.pages)[:4000]:  # what the paging dump holds is the guest's page, the rest zeros
+        x, y = p.read_physical_page(pfn << 12), reference.read_physical_page(pfn << 12)
+        if x is not None and y is not None and any(x):
+            assert bytes(x) == bytes(y), f"page 0x{pfn:x} differs"
+            held += 1
+    assert held > 50
+
+
+def _disk(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"disk.{kind}"
+    if kind in ("qcow2", "vmdk", "vhdx", "vpc"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", kind, str(path), "64M"], check=True)
+    elif kind in ("mbr", "gpt"):
+        with open(path, "wb") as fh:
+            fh.truncate(64 << 20)
+        subprocess.run(["sfdisk", "-q", str(path)], input=f"label: {'dos' if kind == 'mbr' else 'gpt'}\n,,L\n",
+                       text=True, check=True, capture_output=True)
+    elif kind == "iso":
+        (tmp_path / "iso").mkdir()
+        (tmp_path / "iso" / "readme.txt").write_text("not memory\n")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(path), str(tmp_path / "iso")], check=True,
+                       capture_output=True)
+    else:
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(("kind", "words"), [
+    ("qcow2", "qcow2 disk image"), ("vmdk", "VMDK disk image"), ("vhdx", "VHDX disk image"), ("vpc", "VHD disk image"),
+    ("mbr", "MBR partition table"), ("gpt", "GPT partition table"), ("iso", "ISO 9660"), ("empty", "empty file"),
+])
+def test_not_memory_is_named_in_one_line(kind, words, tmp_path):
+    tool = {"qcow2": "qemu-img", "vmdk": "qemu-img", "vhdx": "qemu-img", "vpc": "qemu-img", "mbr": "sfdisk",
+            "gpt": "sfdisk", "iso": "xorriso"}.get(kind)
+    if tool and shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    path = _disk(tmp_path, kind)
+    for command in (["convert", path, "-o", tmp_path / "x.dmp"], ["info", path]):
+        proc = run_wincrash(*command)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert words in proc.stderr and "raw image" not in proc.stderr, proc.stderr
+        if kind not in ("iso", "empty"):
+            assert "grab-pagefile" in proc.stderr
+    assert not (tmp_path / "x.dmp").exists()

@@ -52,3 +52,22 @@ def disjoint(segments: Iterable[Segment]) -> tuple[list[Segment], int]:
         out.append(Segment(start, end - start, seg.offset + cut, max(0, min(seg.filesz - cut, end - start))))
         covered = end
     return out, dropped
+
+
+def paging_segments(segments: list[Segment]) -> tuple[list[Segment], str] | None:
+    """(disjoint segments of the bytes present, a note) for a paging=true dump; None when nothing overlaps.
+
+    QEMU's `dump-guest-memory paging=true` writes one PT_LOAD per virtual mapping of the guest's page
+    tables, with p_paddr the physical address: several PT_LOADs name the same physical page, and a
+    PT_LOAD's p_filesz may be smaller than its p_memsz (only that much is in the file). Only the bytes
+    in the file count; what no PT_LOAD holds is absent (reads as zeros), which is the nature of a
+    paging dump, not a truncation.
+    """
+    ordered = sorted(segments, key=lambda s: s.paddr)
+    if all(a.paddr + a.size <= b.paddr for a, b in zip(ordered, ordered[1:], strict=False)):
+        return None
+    present, _dropped = disjoint(Segment(s.paddr, s.filesz, s.offset, s.filesz) for s in segments if s.filesz)
+    held = sum(s.size for s in present)
+    note = (f"dump-guest-memory with paging=true: only memory mapped by the guest's page tables is in the file "
+            f"({human_size(held)} held); the rest is written as zeros (take the dump with paging=false for all of RAM)")
+    return present, note

@@ -147,6 +147,14 @@ def open_source(path: Path, scratch_dir: Path | None = None) -> PhysicalSource:
         if not layout.segments:
             fh.close()
             raise WincrashError(f"{path}: ELF core without memory segments")
+        # h6-formats: paging=true dumps have one PT_LOAD per virtual mapping (overlapping in physical memory)
+        from wincrash.memory.missing import paging_segments
+
+        paging = paging_segments(layout.segments)
+        if paging is not None:
+            source = PhysicalSource(path, fh, "qemu-elf (paging)", paging[0], list(layout.cpus), layout.machine)
+            source.notes.append(paging[1])
+            return source
         return PhysicalSource(path, fh, "qemu-elf", list(layout.segments), list(layout.cpus), layout.machine,
                               layout.missing_ranges)
     if magic in (b"PAGEDU64",):
