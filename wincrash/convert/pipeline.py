@@ -17,6 +17,7 @@ from wincrash.dmp.plan import DumpPlan, plan_dump
 from wincrash.dmp.writer import FORMATS, WriteResult, bytes_needed, write_dump
 from wincrash.errors import WincrashError
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE
+from wincrash.memory.missing import describe_missing
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource, open_source
 from wincrash.output import atomic_output, check_destination, check_free_space
@@ -118,13 +119,17 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
     if profile != "auto":
         check_profile(profile, 0)  # an unknown name fails here, before any slow work
     check_destination(output_path, force)
-    source = open_source(input_path)
+    source = open_source(input_path, output_path.parent)  # decoded scratch copies go next to the output
     with source.fh:
         t0 = time.monotonic()
         try:
             facts = locate_windows(source)
-        except WincrashError:
+        except WincrashError as exc:
             check_guest_mode(source)
+            if source.missing:  # a cut-off input explains a failed search before anything else
+                raise WincrashError(f"the input is truncated: {describe_missing(source.missing)} is missing, and "
+                                    f"what Windows needs was not found in the rest ({exc}): take or copy the dump "
+                                    "again") from None
             raise
         seconds_finding = time.monotonic() - t0
         warnings: list[str] = []

@@ -22,8 +22,6 @@ MIB = 1 << 20
 OTHER_FORMATS = (
     (b"MDMP", "user-mode minidump", "a user-mode minidump (process dump), not a kernel crash dump"),
     (b"QEVM", "qemu-savevm", "a QEMU savevm/migration stream (what `virsh save` writes)"),
-    (b"KDUMP   ", "kdump", "a kdump-compressed memory dump (QEMU dump-guest-memory format=kdump-*)"),
-    (b"makedumpfile", "kdump-flattened", "a flattened makedumpfile stream"),
     (b"HIBR", "hiberfil", "a Windows hibernation file (hiberfil.sys)"),
     (b"hibr", "hiberfil", "a Windows hibernation file (hiberfil.sys)"),
     (b"wake", "hiberfil", "a Windows hibernation file (hiberfil.sys), already resumed"),
@@ -56,6 +54,12 @@ def _describe(fh: BinaryIO, path: str, size: int) -> Report:
         from wincrash.info.elfcore import describe_elf
 
         return describe_elf(fh, path, size)
+    # libvirt save images, compressed streams, kdump, LiME, and files that are not memory at all
+    from wincrash.info.containers import describe_container
+
+    container = describe_container(fh, path, size)
+    if container is not None:
+        return container
     for signature, kind, title in OTHER_FORMATS:
         if magic.startswith(signature):
             report = Report(path=path, size=size, kind=kind, title=title)

@@ -38,6 +38,7 @@ from wincrash.formats.elf import (
     X86_64_ElfPrstatus,
     note_pad,
 )
+from wincrash.memory.missing import paging_segments
 from wincrash.memory.segments import MemoryMap, Segment
 
 __all__ = ["ElfLayout", "QemuElf", "Segment", "cpu_mode", "cpu_summary", "machine_name", "read_elf_layout"]
@@ -156,5 +157,9 @@ class QemuElf:
         layout = read_elf_layout(fh, size)
         if not layout.segments:
             raise WincrashError(f"{path}: ELF core without memory segments")
+        paging = paging_segments(list(layout.segments))
+        if paging is not None:  # paging=true: PT_LOADs per virtual mapping, overlapping in physical memory
+            return MemoryMap(f"{QemuElf.kind} (paging)", paging[0], tuple(layout.cpus), layout.machine, None,
+                             (paging[1],))
         return MemoryMap(QemuElf.kind, list(layout.segments), tuple(layout.cpus), layout.machine,
                          tuple(layout.missing_ranges))

@@ -37,7 +37,7 @@ class Unconvertible:
 
     @staticmethod
     def detect(head: bytes, size: int) -> bool:
-        """Minidump, 32-bit crash dump, hibernation file or kdump magic at offset 0."""
+        """Minidump, 32-bit dump, hibernation file or kdump magic at offset 0 (memory.containers reads kdump first)."""
         return head[:4] in UNCONVERTIBLE_MAGICS or head[:8] == b"KDUMP   "
 
     @staticmethod

@@ -1,0 +1,130 @@
+"""PhysicalSource: a guest's physical memory as file ranges (what every container format maps to).
+
+Built by memory/source.py's open_source from one container format's MemoryMap; read by windows/
+(analysis) and dmp/ (writers). Imports nothing above memory/.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from construct import Container
+
+from wincrash.memory.segments import Segment, segment_starts
+
+PAGE = 0x1000
+
+
+@dataclass
+class PhysicalSource:
+    """Guest-physical memory backed by a file: sorted, non-overlapping segments."""
+
+    path: Path
+    fh: BinaryIO
+    kind: str  # qemu-elf, qemu-savevm, raw, dmp
+    segments: list[Segment]
+    cpus: list[Container]  # QEMU CPU states (empty when the format has none)
+    machine: int = 0
+    missing: list[tuple[int, int]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.segments.sort(key=lambda s: s.paddr)
+        self._starts = segment_starts(self.segments)
+
+    @property
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
+    @property
+    def end(self) -> int:
+        """One past the highest guest-physical address the source describes."""
+        return max((s.paddr + s.size for s in self.segments), default=0)
+
+    def segment_at(self, paddr: int) -> Segment | None:
+        i = bisect.bisect_right(self._starts, paddr) - 1
+        if i >= 0:
+            seg = self.segments[i]
+            if paddr < seg.paddr + seg.filesz:
+                return seg
+        return None
+
+    def read(self, paddr: int, size: int) -> bytes:
+        """Bytes at guest-physical ``paddr``; zeros where the source holds nothing."""
+        out = bytearray()
+        while size > 0:
+            seg = self.segment_at(paddr)
+            if seg is None:
+                nxt = bisect.bisect_right(self._starts, paddr)
+                gap = (self._starts[nxt] - paddr) if nxt < len(self._starts) else size
+                n = min(size, gap)
+                out += bytes(n)
+            else:
+                n = min(size, seg.paddr + seg.filesz - paddr)
+                data = os.pread(self.fileno, n, seg.offset + paddr - seg.paddr)
+                out += data.ljust(n, b"\0")
+            paddr += n
+            size -= n
+        return bytes(out)
+
+    def read_u64(self, paddr: int) -> int:
+        return int.from_bytes(self.read(paddr, 8), "little")
+
+    def pieces(self, start: int, end: int) -> Iterator[tuple[int, int, int | None]]:
+        """(paddr, length, file offset or None for absent) covering guest-physical [start, end)."""
+        pos = start
+        while pos < end:
+            seg = self.segment_at(pos)
+            if seg is None:
+                nxt = bisect.bisect_right(self._starts, pos)
+                stop = min(end, self._starts[nxt]) if nxt < len(self._starts) else end
+                yield pos, stop - pos, None
+            else:
+                stop = min(end, seg.paddr + seg.filesz)
+                yield pos, stop - pos, seg.offset + pos - seg.paddr
+            pos = stop
+
+    def page_extents(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(guest-physical address, file offset, length) of the data in [start, end), widened to whole pages.
+
+        A file's data extents follow the file's block boundaries, which need not match guest pages
+        (QEMU's ELF segments and savevm pages start at arbitrary file offsets), so each extent is
+        widened to the guest pages it touches.
+        """
+        for pa, length, off in self.pieces(start, end):
+            if off is None:
+                continue
+            for data_off, n in self.data_extents(off, length):
+                lo = pa + (data_off - off)
+                hi = lo + n
+                lo, hi = max(pa, lo & ~(PAGE - 1)), min(pa + length, (hi + PAGE - 1) & ~(PAGE - 1))
+                yield lo, off + (lo - pa), hi - lo
+
+    def data_extents(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """Sub-ranges of file bytes [offset, offset+length) that hold data (not holes).
+
+        Uses SEEK_DATA/SEEK_HOLE so that a sparse dump of a mostly idle guest is neither read nor
+        copied where it is empty.
+        """
+        end = offset + length
+        pos = offset
+        fd = self.fileno
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return  # only a hole remains
+                yield pos, end - pos  # filesystem without SEEK_DATA: treat all as data
+                return
+            if data >= end:
+                return
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            yield data, hole - data
+            pos = hole

@@ -1,0 +1,69 @@
+"""Physical layers that volatility3 builds over a file, turned into our segments.
+
+volatility3 knows many memory containers (LiME, AVML, QEMU savevm streams, VMware, ...). Each layer's
+``mapping()`` says where every guest-physical range lives in the layer below; where that is the file
+itself and the bytes are stored plainly (mapped length == length), the range becomes a Segment that
+the writers copy kernel-side. Ranges stored in another form (a QEMU page sent as one fill byte, a
+compressed AVML block) are reported back to the caller instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from wincrash.errors import WincrashError
+from wincrash.memory.qemu_elf import Segment
+from wincrash.memory.savevm import PackedSegments
+
+
+def layer_mappings(path: Path, layer_class: Any, start: int = 0) -> Iterator[tuple[int, int, int, int]]:
+    """(guest-physical address, length, file offset, stored length) of every range ``layer_class`` maps.
+
+    ``start``: the container begins at this byte of the file (a QEMU stream after libvirt's header);
+    file offsets are given from the start of the file. Raises WincrashError when volatility3 cannot
+    read it.
+    """
+    try:
+        from volatility3.framework import contexts
+        from volatility3.framework.exceptions import LayerException
+        from volatility3.framework.layers.physical import FileLayer
+        from volatility3.framework.layers.segmented import SegmentedLayer
+    except ImportError as exc:  # pragma: no cover - volatility3 is a dependency
+        raise WincrashError(f"reading this input needs volatility3 ({exc})") from None
+    ctx = contexts.Context()
+    ctx.config["wincrash_file.location"] = Path(path).absolute().as_uri()  # not resolve(): /proc/self/fd/N stays
+    ctx.add_layer(FileLayer(ctx, "wincrash_file", "wincrash_file"))
+    base = "wincrash_file"
+    if start:
+        size = ctx.layers[base].maximum_address + 1 - start
+
+        class _Skip(SegmentedLayer):  # the file from ``start`` on, as a layer of its own
+            def _load_segments(self) -> None:
+                self._segments = [(0, start, size, size)]
+
+        ctx.config["wincrash_skip.base_layer"] = base
+        ctx.add_layer(_Skip(ctx, "wincrash_skip", "wincrash_skip"))
+        base = "wincrash_skip"
+    ctx.config["wincrash_mem.base_layer"] = base
+    try:
+        layer = layer_class(ctx, "wincrash_mem", "wincrash_mem")
+        mappings = list(layer.mapping(layer.minimum_address, layer.maximum_address + 1 - layer.minimum_address,
+                                      ignore_errors=True))
+    except LayerException as exc:
+        raise WincrashError(f"{path}: volatility3's {layer_class.__name__} cannot read it ({exc})") from None
+    for offset, length, mapped_offset, mapped_length, _layer in mappings:
+        yield offset, length, mapped_offset + start, mapped_length
+
+
+def plain_segments(mappings: Iterator[tuple[int, int, int, int]]) -> tuple[PackedSegments, list[tuple[int, int]]]:
+    """(segments of the plainly stored ranges, [(file offset, length)] of the other ranges)."""
+    segments = PackedSegments()
+    other: list[tuple[int, int]] = []
+    for offset, length, mapped_offset, mapped_length in mappings:
+        if mapped_length == length:
+            segments.append(Segment(offset, length, mapped_offset, length))
+        else:
+            other.append((mapped_offset, length))
+    return segments, other
