@@ -14,7 +14,7 @@ from wincrash_testkit.synth.writers import write_qemu_elf
 
 from wincrash.convert.pipeline import convert_file
 from wincrash.dmp.plan import plan_dump
-from wincrash.dmp.stream_writer import DmpStreamSink, finish_stream, stream_layout
+from wincrash.dmp.stream_writer import STREAM_FORMATS, DmpStreamSink, finish_stream, stream_layout
 from wincrash.dmp.writer import write_dump
 from wincrash.memory.fetched_source import FetchedSource
 from wincrash.memory.source import open_source
@@ -50,7 +50,7 @@ def _stream(elf: Path, out: Path, fmt: str, seed: int, cpus_from_notes: bool = T
     return pre.fetches, done.rewritten
 
 
-@pytest.mark.parametrize("fmt", ["full", "bitmap"])
+@pytest.mark.parametrize("fmt", STREAM_FORMATS)
 def test_streamed_dmp_equals_convert(tmp_path: Path, fmt: str) -> None:
     elf = _elf(tmp_path, build=19041, cpus=2, seed=5, crashed=True)
     fetches, rewritten = _stream(elf, tmp_path / "s.dmp", fmt, seed=1)
