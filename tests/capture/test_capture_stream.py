@@ -67,8 +67,9 @@ def test_qemu_dying_mid_stream_leaves_nothing(make_guest, tmp_path: Path) -> Non
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", str(guest.qmp_path), "-o",
                              str(tmp_path / "M.DMP")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while guest.status() != "paused" and time.monotonic() < deadline:  # the dump has begun
-        time.sleep(0.02)
+    while guest.qmp("query-dump")["status"] != "active":  # type: ignore[index]  # the stream has begun
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
     guest.proc.kill()
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "QEMU" in err and "Traceback" not in err, err

