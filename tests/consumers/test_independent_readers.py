@@ -31,19 +31,16 @@ GUEST_MEMPROCFS = (
     "synthetic guest: System PML4 has 3 non-NX supervisor kernel entries, MemProcFS needs >= 6 besides the "
     "self-map ('Unable to verify crash-dump supplied DTB'); ntoskrnl has no POOLCODE section ('Unable to "
     "locate ntoskrnl.exe. #3'); 2 processes, MemProcFS needs >= 11 ('Unable to walk EPROCESS. #5'); smss.exe's "
-    "parent is 0, not 4 (build read as 0); converter: header PfnDataBase holds &MmPfnDatabase, not its value"
+    "parent is 0, not 4 (build read as 0)"
 )
 GUEST_VOLATILITY = (
     "synthetic guest: System PML4 lies far above 0x5A00000 (e.g. 0x19d2f000), outside volatility3's DTB scan "
     "ranges ('WindowsIntelStacker hits: []'); 2 processes instead of a realistic dozen"
 )
-BITMAP = "converter: --format bitmap leaves zero pages out of an 'FDMP' dump (< 16 MiB: LeechCore refuses it)"
-KERNEL = "converter: --format kernel (DumpType 5 'SDMP') does not exist yet"
 
 
-def _xfail(reader: str, fmt: str) -> pytest.MarkDecorator:
+def _xfail(reader: str, fmt: str) -> pytest.MarkDecorator:  # noqa: ARG001 - the reasons no longer depend on fmt
     reasons = [GUEST_MEMPROCFS if reader == "memprocfs" else GUEST_VOLATILITY]
-    reasons += [BITMAP] if fmt == "bitmap" else [KERNEL] if fmt == "kernel" else []
     return pytest.mark.xfail(strict=True, reason="; ".join(reasons))
 
 
