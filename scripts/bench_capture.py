@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -82,12 +83,62 @@ def bench_capture(work: Path, mib: int) -> dict:
     return {"guest_mib": mib, **{k: min(v) for k, v in results.items()}}
 
 
+def measured(*args: object) -> tuple[float, dict, int]:
+    """(wall seconds, --json result, peak RSS in KiB) of one wincrash run (os.wait4's rusage of the child)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "wincrash", *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    _pid, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"wincrash {args} failed: {err}")
+    rss = usage.ru_maxrss if usage else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return took, json.loads(out), rss
+
+
+def disk_used(path: Path) -> int:
+    """Bytes the file occupies on disk (holes cost nothing)."""
+    return path.stat().st_blocks * 512
+
+
+def bench_stream(work: Path, mib: int, rounds: int = 2) -> list[dict]:
+    """Streaming `capture` against a bare `dump` of the same running synthetic Windows guest (alternated)."""
+    rows: dict[str, list[dict]] = {}
+    memory = synth_memory(cpus=2, ram_mib=mib, seed=7)
+    with TestGuest(work / "stream", memory=memory, ram_mib=mib) as guest:
+        for _ in range(rounds):
+            for mode in ("dump", "capture"):
+                os.sync()
+                out = work / ("bare.elf" if mode == "dump" else "MEMORY.DMP")
+                took, res, rss = measured(mode, guest.qmp_path, "-o", out, "--json", "--force")
+                dump = res if mode == "dump" else res["dump"]
+                rows.setdefault(mode, []).append({
+                    "guest_mib": mib, "mode": mode, "wall_seconds": round(took, 2),
+                    "paused_seconds": dump["paused_seconds"], "disk_mib": round(disk_used(out) / 2**20),
+                    "peak_rss_mib": round(rss / 1024), "streamed": res.get("streamed")})
+                out.unlink()
+    return [min(v, key=lambda r: r["wall_seconds"]) for v in rows.values()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2048,4096")
     ap.add_argument("--capture-mib", type=int, default=2048)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (needs ~2x the largest guest free)")
+    ap.add_argument("--stream-only", action="store_true", help="only streaming capture vs bare dump")
     args = ap.parse_args()
+    if args.stream_only:
+        work = args.dir or Path(tempfile.mkdtemp(prefix="wcbench-"))
+        try:
+            rows = bench_stream(work, args.capture_mib)
+        finally:
+            if args.dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        for r in rows:
+            print(r)
+        print(json.dumps({"stream": rows}))
+        return
     work = args.dir or Path(tempfile.mkdtemp(prefix="wcbench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

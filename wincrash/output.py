@@ -40,12 +40,17 @@ def check_free_space(path: Path, needed: int) -> None:
         )
 
 
+def partial_path(path: Path) -> Path:
+    """The temporary name atomic_output writes ``path`` under (hidden, next to it, per process)."""
+    return path.with_name(f".{path.name}.wincrash-partial-{os.getpid()}")
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, force: bool = False) -> Iterator[BinaryIO]:
     """Open a private temporary file next to ``path``; rename it to ``path`` only on success."""
     path = Path(path)
     check_destination(path, force)
-    tmp = path.with_name(f".{path.name}.wincrash-partial-{os.getpid()}")
+    tmp = partial_path(path)
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # writers re-read pages they patch
     except OSError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from wincrash.capture.guest_memory_dump import dump_with_progress
 from wincrash.capture.nmi import GUEST_NEEDS_NMI
+from wincrash.dmp.stream_writer import STREAM_FORMATS
 from wincrash.errors import EXIT_INTERRUPTED, EXIT_PROBLEMS, WincrashError
 from wincrash.output import check_destination, check_free_space
 from wincrash.vm.connection import VmConnection
@@ -28,63 +29,82 @@ from wincrash.vm.runstate import RunState
 if TYPE_CHECKING:
     from wincrash.convert.pipeline import ConversionResult
 
-ELF_AND_DMP_SLACK = 2 << 20  # bytes beyond twice the guest RAM: headers of the ELF and of the DMP
+ELF_AND_DMP_SLACK = 64 << 20  # bytes beyond the guest RAM (or twice it): headers, RAM outside Windows' runs
 
 
 @dataclass(frozen=True)
 class CaptureResult:
     """What `wincrash capture` produced: the VM (``Target.as_dict``), the panic it saw (None: live dump or
-    already crashed), QEMU's dump, the kept ELF's path (None: removed) and the conversion to MEMORY.DMP."""
+    already crashed), QEMU's dump, the kept ELF's path (None: removed), the conversion to MEMORY.DMP,
+    whether the DMP was written from the dump stream, and if not why (one line)."""
 
     vm: dict[str, Any]
     panic: PanicInfo | None
     dump: DumpResult
     elf_kept: str | None
     conversion: ConversionResult
+    streamed: bool = False
+    not_streamed_because: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, for --json results."""
         return {"vm": self.vm, "panic": self.panic.as_dict() if self.panic else None, "dump": self.dump.as_dict(),
-                "elf": self.elf_kept, "conversion": self.conversion.to_dict()}
+                "elf": self.elf_kept, "conversion": self.conversion.to_dict(), "streamed": self.streamed,
+                "not_streamed_because": self.not_streamed_because}
 
 
 def _elf_path(out: Path, keep_elf: bool) -> Path:
     return out.with_suffix(".elf") if keep_elf else out.with_name(f".{out.name}.wincrash-elf-{os.getpid()}")
 
 
-async def _crash_and_dump(vm: VmConnection, elf: Path, wait: float, force: bool, show_progress: bool
-                          ) -> tuple[PanicInfo | None, DumpResult]:
-    panic = None
+async def _crash(vm: VmConnection, wait: float) -> PanicInfo | None:
     status = await vm.status()
     if status.state is RunState.GUEST_PANICKED:
-        pass  # already crashed (e.g. an earlier `wincrash nmi`): dump what is there
-    else:
-        await vm.require_running("inject an NMI")
-        with vm.watch_panics():
-            await vm.inject_nmi()
-            panic = await vm.wait_panic(wait)
-        if panic is None:
-            raise WincrashError(
-                f"{vm.target.describe()}: no panic reported within {wait:g} s after the NMI, so memory may "
-                f"not hold a bugcheck: {GUEST_NEEDS_NMI}. Nothing was written; for a live dump run "
-                "`wincrash capture` without --crash", exit_code=EXIT_PROBLEMS)
-    return panic, await dump_with_progress(vm, elf, "elf", force, show_progress)
+        return None  # already crashed (e.g. an earlier `wincrash nmi`): dump what is there
+    await vm.require_running("inject an NMI")
+    with vm.watch_panics():
+        await vm.inject_nmi()
+        panic = await vm.wait_panic(wait)
+    if panic is None:
+        raise WincrashError(
+            f"{vm.target.describe()}: no panic reported within {wait:g} s after the NMI, so memory may "
+            f"not hold a bugcheck: {GUEST_NEEDS_NMI}. Nothing was written; for a live dump run "
+            "`wincrash capture` without --crash", exit_code=EXIT_PROBLEMS)
+    return panic
 
 
-async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, crash: bool, keep_elf: bool,
-                          wait: float, force: bool, show_progress: bool
-                          ) -> tuple[dict[str, Any], PanicInfo | None, DumpResult]:
+@dataclass(frozen=True)
+class _Captured:
+    vm: dict[str, Any]
+    panic: PanicInfo | None
+    dump: DumpResult
+    conversion: ConversionResult | None  # None: the ELF is on disk and still to be converted
+    fallback: str | None  # why the dump was not streamed
+
+
+async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, fmt: str, crash: bool, keep_elf: bool,
+                          wait: float, force: bool, show_progress: bool) -> _Captured:
+    from wincrash.capture.stream_capture import CannotStream, find_runs, stream_capture
+
     async with open_vm(vm, connect) as connection:
         ram = await connection.memory_size()
         check_destination(out, force)
         if keep_elf:
             check_destination(elf, force)
-        check_free_space(out, 2 * ram + ELF_AND_DMP_SLACK)  # the ELF and the DMP side by side
-        if crash:
-            panic, dumped = await _crash_and_dump(connection, elf, wait, force, show_progress)
-        else:
-            panic, dumped = None, await dump_with_progress(connection, elf, "elf", force, show_progress)
-        return connection.target.as_dict(), panic, dumped
+        reason = connection.stream_unsupported() if fmt in STREAM_FORMATS else f"a {fmt} dump is not streamed"
+        check_free_space(out, (2 if reason or keep_elf else 1) * ram + ELF_AND_DMP_SLACK)
+        panic = await _crash(connection, wait) if crash else None
+        if reason is None:
+            try:
+                runs = await find_runs(connection, fmt)
+            except CannotStream as exc:
+                reason = str(exc)
+            else:
+                dumped, conversion = await stream_capture(connection, out, fmt, elf if keep_elf else None, force,
+                                                          show_progress, runs)
+                return _Captured(connection.target.as_dict(), panic, dumped, conversion, None)
+        dumped = await dump_with_progress(connection, elf, "elf", force, show_progress)
+        return _Captured(connection.target.as_dict(), panic, dumped, None, reason)
 
 
 def run_capture(vm: str, connect: str | None = None, out: Path | None = None, crash: bool = False,
@@ -108,16 +128,18 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
     elf = _elf_path(out, keep_elf)
     try:
         try:
-            vm_info, panic, dumped = asyncio.run(
-                _capture_memory(vm, connect, out, elf, crash, keep_elf, wait, force, show_progress))
-            # Outside the event loop, so that Ctrl-C interrupts the conversion directly (atomic output).
-            conversion = convert_file(elf, out, "auto", fmt, force, show_progress)
+            got = asyncio.run(_capture_memory(vm, connect, out, elf, fmt, crash, keep_elf, wait, force,
+                                              show_progress))
+            conversion = got.conversion
+            if conversion is None:
+                # Outside the event loop, so that Ctrl-C interrupts the conversion directly (atomic output).
+                conversion = convert_file(elf, out, "auto", fmt, force, show_progress)
         finally:
             if not keep_elf:
                 with contextlib.suppress(OSError):  # never written (the dump failed), or not ours to remove
                     elf.unlink()
-        return CaptureResult(vm=vm_info, panic=panic, dump=dumped, elf_kept=str(elf) if keep_elf else None,
-                             conversion=conversion)
+        return CaptureResult(vm=got.vm, panic=got.panic, dump=got.dump, elf_kept=str(elf) if keep_elf else None,
+                             conversion=conversion, streamed=got.fallback is None, not_streamed_because=got.fallback)
     except KeyboardInterrupt:
         raise WincrashError(f"capture cancelled (Ctrl-C): {out} was not written", exit_code=EXIT_INTERRUPTED
                             ) from None

@@ -49,5 +49,9 @@ def print_capture(result: CaptureResult, as_json: bool) -> None:
     if result.panic is not None:
         typer.echo(result.panic.describe())
     print_dump(result.dump, as_json=False, label=f"kept {result.elf_kept}" if result.elf_kept else "dumped memory")
+    if result.streamed:
+        typer.echo("MEMORY.DMP written from the dump stream (no ELF on disk)")
+    elif result.not_streamed_because:
+        typer.echo(f"not streamed: {result.not_streamed_because}")
     typer.echo(f"wrote {result.conversion.output}: bugcheck {result.conversion.bugcheck}")
     print_report(describe_file(result.conversion.output), as_json=False)

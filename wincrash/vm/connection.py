@@ -128,6 +128,33 @@ class VmConnection(abc.ABC):
                           progress: ProgressFn) -> tuple[int, float | None]:
         """Run the dump after the pre-flight; return (bytes written, seconds the vCPUs were paused or None)."""
 
+    def stream_unsupported(self) -> str | None:
+        """Why this connection cannot stream a dump into our process (None: it can, see ``stream_dump``)."""
+        return "this connection cannot hand QEMU a pipe"
+
+    async def stream_dump(self, sink: Any, progress: ProgressFn) -> tuple[int, float | None]:
+        """dump-guest-memory (ELF, paging=false) into ``sink.write(bytes)`` (called from a thread); returns
+        (stream bytes, seconds the vCPUs were paused or None). Only when ``stream_unsupported()`` is None.
+
+        :raises DumpFailedError: as ``dump_guest_memory``; WincrashError when ``sink.write`` failed.
+        """
+        raise DumpFailedError(f"{self.target.describe()}: {self.stream_unsupported()}")
+
+    async def registers_text(self) -> str:
+        """Every vCPU's registers as HMP ``info registers -a`` prints them (formats/qemu_registers.py reads it).
+
+        :raises CommandRefusedError: / NotQmpError: as ``qmp``.
+        """
+        return str(await self.qmp("human-monitor-command", {"command-line": "info registers -a"}))
+
+    @abc.abstractmethod
+    async def read_physical(self, paddr: int, size: int) -> bytes:
+        """``size`` bytes of guest-physical memory at ``paddr``, read through the monitor while the VM runs
+        (QMP ``pmemsave``, libvirt virDomainMemoryPeek with VIR_MEMORY_PHYSICAL).
+
+        :raises CommandRefusedError: the monitor refused (address outside RAM, no file access).
+        """
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection; never raises."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from qemu.qmp import EventListener
 from wincrash.vm.connection import VmConnection
 from wincrash.vm.guest_memory import ProgressFn
 from wincrash.vm.panic import PANIC_EVENTS, PanicInfo, parse_panic_event
-from wincrash.vm.qmp_memory_dump import write_qmp_dump
+from wincrash.vm.qmp_memory_dump import stream_qmp_dump, write_qmp_dump
 from wincrash.vm.qmp_session import QmpSession
 from wincrash.vm.runstate import RunState, VmStatus
 from wincrash.vm.target import Target
@@ -31,6 +34,7 @@ class QmpConnection(VmConnection):
         self.session = session
         self.target: Target = session.target
         self._panics: EventListener | None = None
+        self._scratch: str | None = None  # private directory for pmemsave files
 
     @classmethod
     async def open(cls, target: Target) -> QmpConnection:
@@ -45,6 +49,28 @@ class QmpConnection(VmConnection):
 
     async def close(self) -> None:
         await self.session.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def stream_unsupported(self) -> str | None:
+        if self.target.kind != "unix":
+            return "over TCP no file descriptor can be passed to QEMU, so the dump cannot be streamed"
+        return None
+
+    async def stream_dump(self, sink: Any, progress: ProgressFn) -> tuple[int, float | None]:
+        return await stream_qmp_dump(self.session, sink, await self.memory_size(), progress)
+
+    async def read_physical(self, paddr: int, size: int) -> bytes:
+        """pmemsave into a file of a private (0700) directory, read back and removed: QEMU runs as our user
+        when we may use its UNIX socket without libvirt."""
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="wincrash-peek-")
+        path = os.path.join(self._scratch, "peek")
+        await self.session.execute("pmemsave", {"val": paddr, "size": size, "filename": path})
+        with open(path, "rb") as fh:
+            data = fh.read()
+        os.unlink(path)
+        return data
 
     async def status(self) -> VmStatus:
         reply = await self.session.execute("query-status")

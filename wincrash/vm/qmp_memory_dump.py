@@ -145,6 +145,31 @@ def _check_completed(timeline: _Timeline, fmt: str, where: str) -> None:
 
 async def _dump_via_pipe(qmp: QmpSession, listener: EventListener, timeline: _Timeline, out: Path, fmt: str,
                          force: bool, ram: int, progress: ProgressFn) -> int:
+    with atomic_output(out, force) as fh:
+        return await _pump(qmp, listener, timeline, fh, fmt, ram, progress, f"cannot write {out}")
+
+
+async def stream_qmp_dump(qmp: QmpSession, sink: Any, ram: int, progress: ProgressFn) -> tuple[int, float | None]:
+    """dump-guest-memory (ELF, paging=false) into ``sink.write(bytes)``, called from a thread as the pipe delivers.
+
+    Returns (stream bytes, seconds the vCPUs were paused or None). Raises what write_qmp_dump raises;
+    an exception from ``sink.write`` (a full disk) ends the dump (QEMU's write fails, the guest resumes)
+    and is raised as WincrashError.
+    """
+    if qmp.target.kind != "unix":
+        raise DumpFailedError(f"{qmp.target.describe()}: a dump can only be streamed over a UNIX socket")
+    current = await qmp.execute("query-dump")
+    if current.get("status") == "active":
+        raise DumpFailedError(f"{qmp.target.describe()}: another dump is already running in this QEMU")
+    timeline = _Timeline()
+    with qmp.listen(*DUMP_EVENTS) as listener:
+        size = await _pump(qmp, listener, timeline, sink, "elf", ram, progress, "cannot write the dump")
+    return size, timeline.paused_seconds()
+
+
+async def _pump(qmp: QmpSession, listener: EventListener, timeline: _Timeline, fh: Any, fmt: str, ram: int,
+                progress: ProgressFn, failing: str) -> int:
+    """Hand QEMU a pipe, start the dump into it, copy the pipe into ``fh.write`` until QEMU is done."""
     where = qmp.target.describe()
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     with contextlib.suppress(OSError):  # an older kernel or a lower pipe-max-size: the default size works too
@@ -156,46 +181,54 @@ async def _dump_via_pipe(qmp: QmpSession, listener: EventListener, timeline: _Ti
             await qmp.execute("getfd", {"fdname": fdname})
         finally:
             os.close(wfd)  # QEMU holds its own copy now; EOF on rfd means QEMU closed it
-        with atomic_output(out, force) as fh:
-            copier = _PipeCopier(rfd, fh)
-            thread = threading.Thread(target=copier.run, name="wincrash-dump-copy", daemon=True)
-            thread.start()
-            try:
-                await _start(qmp, f"fd:{fdname}", fmt)
-                while thread.is_alive():
-                    progress(copier.copied, ram)
-                    await _drain_events(qmp, listener, timeline, False, 0)
-                    await asyncio.sleep(0.1)
-                    if timeline.completed is not None and timeline.completed.get("error"):
-                        copier.cancel.set()
-            except QemuGoneError:
-                copier.cancel.set()
-                raise _qemu_exited(where, "no file was written") from None
-            except BaseException:  # Ctrl-C (CancelledError) or anything else: stop QEMU writing, clean up
-                copier.cancel.set()
-                thread.join()
-                os.close(rfd)
-                rfd = -1
-                # Best effort while already unwinding: let QEMU report the failed write and resume the guest.
-                # BaseException because a second Ctrl-C (CancelledError) must not replace the first error.
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(_drain_events(qmp, listener, timeline, True, 10))
-                raise
+        copier = _PipeCopier(rfd, fh)
+        thread = threading.Thread(target=copier.run, name="wincrash-dump-copy", daemon=True)
+        thread.start()
+        try:
+            await _start(qmp, f"fd:{fdname}", fmt)
+            while thread.is_alive():
+                progress(copier.copied, ram)
+                await _drain_events(qmp, listener, timeline, False, 0)
+                await asyncio.sleep(0.1)
+                if timeline.completed is not None and timeline.completed.get("error"):
+                    copier.cancel.set()
+        except QemuGoneError:
+            copier.cancel.set()
+            raise _qemu_exited(where, "no file was written") from None
+        except BaseException:  # Ctrl-C (CancelledError) or anything else: stop QEMU writing, clean up
+            copier.cancel.set()
             thread.join()
-            if copier.error is not None:
-                raise WincrashError(f"cannot write {out}: {copier.error}")
-            progress(copier.copied, ram)
-            try:
-                await _drain_events(qmp, listener, timeline, True, 30)
-            except QemuGoneError:
-                raise _qemu_exited(where, "no file was written") from None
-            if timeline.completed is None:
-                raise DumpFailedError(f"{where}: QEMU closed the dump stream but never reported DUMP_COMPLETED")
-            _check_completed(timeline, fmt, where)
-            return copier.copied
+            os.close(rfd)
+            rfd = -1
+            # Best effort while already unwinding: let QEMU report the failed write and resume the guest.
+            # BaseException because a second Ctrl-C (CancelledError) must not replace the first error.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(_drain_events(qmp, listener, timeline, True, 10))
+            raise
+        thread.join()
+        if copier.error is not None:
+            os.close(rfd)  # QEMU's next write fails: the dump ends and the guest resumes
+            rfd = -1
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(_drain_events(qmp, listener, timeline, True, 10))
+            raise WincrashError(f"{failing}: {describe_error(copier.error)}")
+        progress(copier.copied, ram)
+        try:
+            await _drain_events(qmp, listener, timeline, True, 30)
+        except QemuGoneError:
+            raise _qemu_exited(where, "no file was written") from None
+        if timeline.completed is None:
+            raise DumpFailedError(f"{where}: QEMU closed the dump stream but never reported DUMP_COMPLETED")
+        _check_completed(timeline, fmt, where)
+        return copier.copied
     finally:
         if rfd >= 0:
             os.close(rfd)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An OSError as its strerror (\"No space left on device\"), anything else as its text."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _remove(path: Path) -> None:

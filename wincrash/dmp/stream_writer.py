@@ -1,0 +1,211 @@
+"""Write a DMP straight from QEMU's dump stream: each page goes to its final offset as it arrives.
+
+The DMP's page layout depends only on Windows' memory runs (full: header, then the runs' pages in run
+order; complete bitmap: header, summary, bitmap, then the runs' pages in frame order), so once the runs
+are known (found through the monitor before the dump: capture/stream_capture.py) every streamed page
+has a place. Zero pages are left as holes. Pages outside the runs, which the analysis may still read
+(and which a DMP does not hold), are kept after the DMP's end and cut off when it is finished.
+
+When the stream has ended, Windows is found again in exactly the bytes convert would have read (the
+DMP's pages plus those kept, with the stream's vCPU notes), and the plan's header and patches are
+written by dmp/writer.py itself over a source that holds only the patched pages: the result is what
+convert makes of the same ELF. When that plan's runs differ from the layout (guessed wrong), the DMP
+is rewritten from those bytes by write_dump (one more copy; never happens when the runs are stable).
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from wincrash.dmp.plan import DumpPlan, plan_dump
+from wincrash.dmp.writer import WriteResult, bitmap_layout, patch_pages, write_dump
+from wincrash.errors import WincrashError
+from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE
+from wincrash.memory.elf_stream import ElfStream
+from wincrash.memory.qemu_elf import Segment
+from wincrash.memory.source import PhysicalSource
+from wincrash.windows.facts import WindowsFacts
+from wincrash.windows.locate import locate_windows
+
+# A bitmap DMP streams only when every page of the runs is present (complete 'FDMP', dmp/bitmap_writer.py):
+# only then is its layout known before the pages arrive. The writer that leaves zero pages out cannot.
+STREAM_FORMATS = ("full", "bitmap") if importlib.util.find_spec("wincrash.dmp.bitmap_writer") else ("full",)
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """Where each page of ``runs`` ((first page, count), in the DMP's order) goes: ``data_offset`` (bytes)
+    plus its index in that order times 4 KiB; ``end`` is the file size in bytes."""
+
+    fmt: str
+    runs: tuple[tuple[int, int], ...]
+    data_offset: int
+    end: int
+
+    def __post_init__(self) -> None:
+        index, total = [], 0
+        for base, count in self.runs:
+            index.append((base, count, total))  # (first page, pages, index of its first page in the DMP)
+            total += count
+        object.__setattr__(self, "_index", sorted(index))
+
+    def place(self, pfn: int) -> tuple[int, int] | None:
+        """(file offset of page ``pfn``, pages that follow it contiguously in its run), or None outside the runs."""
+        index: list[tuple[int, int, int]] = self._index  # type: ignore[attr-defined]
+        i = bisect.bisect_right(index, (pfn, 1 << 62, 0)) - 1
+        if i < 0:
+            return None
+        base, count, first = index[i]
+        if pfn >= base + count:
+            return None
+        return self.data_offset + (first + pfn - base) * PAGE_SIZE, base + count - pfn
+
+    def next_run(self, pfn: int) -> int | None:
+        """The first page of the next run above ``pfn`` (for a page outside the runs), or None."""
+        index: list[tuple[int, int, int]] = self._index  # type: ignore[attr-defined]
+        i = bisect.bisect_right(index, (pfn, 1 << 62, 0))
+        return index[i][0] if i < len(index) else None
+
+
+def stream_layout(runs: Sequence[tuple[int, int]], fmt: str) -> StreamLayout:
+    """The layout of a ``fmt`` DMP of ``runs`` (the plan's header runs). ValueError for another format."""
+    pages = sum(c for _, c in runs)
+    if fmt == "full":
+        return StreamLayout(fmt, tuple(runs), DUMP_HEADER64_SIZE, DUMP_HEADER64_SIZE + pages * PAGE_SIZE)
+    if fmt == "bitmap":
+        first = bitmap_layout(list(runs), 0)[1]
+        return StreamLayout(fmt, tuple(sorted(runs)), first, first + pages * PAGE_SIZE)
+    raise ValueError(f"a {fmt!r} dump cannot be streamed: use {' or '.join(STREAM_FORMATS)}")
+
+
+class DmpStreamSink:
+    """The dump stream's consumer: ``write(bytes)`` (from the pipe-reading thread) places pages in ``out``.
+
+    ``tee`` (the --keep-elf file) gets every byte as received. ``received`` counts stream bytes.
+    OSError (a full disk) propagates to the caller of write().
+    """
+
+    def __init__(self, out: BinaryIO, layout: StreamLayout, tee: BinaryIO | None = None) -> None:
+        self.out, self.layout, self.tee = out, layout, tee
+        self.fd = out.fileno()
+        self.elf = ElfStream()
+        self.received = 0
+        self.kept_at = layout.end  # next free byte of the area after the DMP (pages outside the runs)
+        self.segments: list[Segment] = []
+
+    def write(self, data: bytes) -> int:
+        """Consume the next bytes of the stream; returns len(data)."""
+        if self.tee is not None:
+            self.tee.write(data)
+        for pa, pages in self.elf.feed(data):
+            self._place(pa, pages)
+        self.received += len(data)
+        return len(data)
+
+    def _add_segment(self, pa: int, n: int, offset: int) -> None:
+        last = self.segments[-1] if self.segments else None
+        if last and last.paddr + last.size == pa and last.offset + last.size == offset:
+            self.segments[-1] = Segment(last.paddr, last.size + n, last.offset, last.size + n)
+        else:
+            self.segments.append(Segment(pa, n, offset, n))
+
+    def _place(self, pa: int, pages: memoryview) -> None:
+        while len(pages):
+            pfn = pa // PAGE_SIZE
+            where = self.layout.place(pfn)
+            if where is None:
+                nxt = self.layout.next_run(pfn)
+                n = len(pages) if nxt is None else min(len(pages), (nxt - pfn) * PAGE_SIZE)
+                os.pwrite(self.fd, pages[:n], self.kept_at)
+                self._add_segment(pa, n, self.kept_at)
+                self.kept_at += n
+            else:
+                offset, left = where
+                n = min(len(pages), left * PAGE_SIZE)
+                _write_nonzero(self.fd, pages[:n], offset)
+                self._add_segment(pa, n, offset)
+            pa += n
+            pages = pages[n:]
+
+
+def _write_nonzero(fd: int, data: memoryview, offset: int) -> None:
+    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes.
+
+    Pages are compared as bytes (memcmp): comparing memoryviews goes item by item, 50x slower.
+    """
+    raw = data.tobytes()
+    if raw == bytes(len(raw)):
+        return
+    start = None
+    for p in range(0, len(raw) + PAGE_SIZE, PAGE_SIZE):
+        zero = p >= len(raw) or raw[p:p + PAGE_SIZE] == ZERO_PAGE
+        if not zero and start is None:
+            start = p
+        elif zero and start is not None:
+            at, view = offset + start, data[start:p]
+            while len(view):
+                n = os.pwrite(fd, view, at)
+                at, view = at + n, view[n:]
+            start = None
+
+
+@dataclass(frozen=True)
+class StreamedDump:
+    """What finish_stream found and wrote: Windows' facts, the plan carried out, the writer's result,
+    the source of the finished analysis (its file is the DMP; valid until the output is closed), and
+    whether the DMP had to be rewritten because the runs differed from the layout."""
+
+    facts: WindowsFacts
+    plan: DumpPlan
+    written: WriteResult
+    source: PhysicalSource
+    rewritten: bool
+
+
+def streamed_source(sink: DmpStreamSink, path: os.PathLike[str] | str) -> PhysicalSource:
+    """The guest memory the stream carried, as convert would read it from the ELF: pages from the DMP and
+    the area after it, vCPU notes and machine from the stream's head.
+
+    :raises WincrashError: the stream ended before its head (QEMU wrote no ELF header).
+    """
+    layout = sink.elf.layout
+    if layout is None:
+        raise WincrashError("the dump stream ended before QEMU wrote the ELF header and notes")
+    reader = open(sink.fd, "rb", closefd=False)  # noqa: SIM115 - the output owns the descriptor
+    source = PhysicalSource(os.fspath(path), reader, "qemu-elf", list(sink.segments), list(layout.cpus),  # type: ignore[arg-type]
+                            layout.machine)
+    return source
+
+
+def finish_stream(sink: DmpStreamSink, path: os.PathLike[str] | str, fmt: str,
+                  rewrite: Callable[[PhysicalSource, DumpPlan], WriteResult],
+                  advance: Callable[[int], None]) -> StreamedDump:
+    """Find Windows in what was streamed, plan, and write the header and patches (or rewrite the DMP).
+
+    ``rewrite(source, plan)`` writes the whole DMP elsewhere (write_dump into a new atomic output) when the
+    plan's runs differ from the layout the pages were placed by.
+
+    :raises WincrashError: no Windows in the streamed memory (what locate_windows raises), or a stream
+        that ended early.
+    """
+    source = streamed_source(sink, path)
+    facts = locate_windows(source)
+    plan = plan_dump(facts, source)
+    wanted = stream_layout(plan.header.runs, fmt)
+    if wanted.runs != sink.layout.runs or wanted.data_offset != sink.layout.data_offset:
+        return StreamedDump(facts, plan, rewrite(source, plan), source, True)
+    patched = []
+    for pfn in patch_pages(plan.patches):
+        where = sink.layout.place(pfn)
+        if where is not None:
+            patched.append(Segment(pfn * PAGE_SIZE, PAGE_SIZE, where[0], PAGE_SIZE))
+    patch_source = PhysicalSource(source.path, source.fh, "qemu-elf", patched, [], source.machine)
+    sink.out.seek(0)
+    written = write_dump(patch_source, plan, fmt, sink.out, advance)
+    return StreamedDump(facts, plan, written, source, False)
