@@ -16,7 +16,6 @@ is rewritten from those bytes by write_dump (one more copy; never happens when t
 from __future__ import annotations
 
 import bisect
-import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from wincrash.memory.source import PhysicalSource
 from wincrash.windows.facts import WindowsFacts
 from wincrash.windows.locate import locate_windows
 
-# A bitmap DMP streams only when every page of the runs is present (complete 'FDMP', dmp/bitmap_writer.py):
-# only then is its layout known before the pages arrive. The writer that leaves zero pages out cannot.
-STREAM_FORMATS = ("full", "bitmap") if importlib.util.find_spec("wincrash.dmp.bitmap_writer") else ("full",)
+# A complete bitmap DMP ('FDMP', dmp/bitmap_writer.py) marks every page of the runs present, so its layout is
+# known before the pages arrive; a kernel dump ('SDMP') needs the page tables first and is not streamed.
+STREAM_FORMATS = ("full", "bitmap")
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
