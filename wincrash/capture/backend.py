@@ -43,7 +43,7 @@ class DumpResult:
     def throughput(self) -> float:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "size": self.size, "guest_ram": self.guest_ram,
                 "seconds": round(self.seconds, 3), "throughput_mib_s": round(self.throughput / 2**20, 1),
                 "paused_seconds": None if self.paused_seconds is None else round(self.paused_seconds, 3),

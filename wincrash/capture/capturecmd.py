@@ -31,8 +31,13 @@ class CaptureResult:
     elf_kept: str | None
     conversion: Any  # wincrash.convert.pipeline.ConversionResult
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"vm": self.vm, "panic": self.panic.as_dict() if self.panic else None, "dump": self.dump.as_dict(),
+    @property
+    def warnings(self) -> list[str]:
+        """The conversion's warnings (wincrash.render prints each on stderr)."""
+        return list(self.conversion.warnings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm": self.vm, "panic": self.panic.to_dict() if self.panic else None, "dump": self.dump.to_dict(),
                 "elf": self.elf_kept, "conversion": self.conversion.to_dict()}
 
 
@@ -72,7 +77,7 @@ async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, cr
             panic, dumped = await _crash_and_dump(backend, elf, wait, force, show_progress)
         else:
             panic, dumped = None, await dump_with_progress(backend, elf, "elf", force, show_progress)
-        return backend.target.as_dict(), panic, dumped
+        return backend.target.to_dict(), panic, dumped
 
 
 def run_capture(vm: str, connect: str | None = None, out: Path | None = None, crash: bool = False,

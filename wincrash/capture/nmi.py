@@ -29,9 +29,9 @@ class NmiResult:
     waited: float | None
     panic: PanicInfo | None
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "method": self.method, "waited": self.waited,
-                "panic": self.panic.as_dict() if self.panic else None}
+                "panic": self.panic.to_dict() if self.panic else None}
 
 
 async def nmi_async(vm: str, connect: str | None, keyboard: bool, wait: float | None) -> NmiResult:
@@ -52,7 +52,7 @@ async def nmi_async(vm: str, connect: str | None, keyboard: bool, wait: float | 
                         f"{'crash keys' if keyboard else 'NMI'}: {GUEST_NEEDS_KEYS if keyboard else GUEST_NEEDS_NMI}",
                         exit_code=EXIT_PROBLEMS,
                     )
-        return NmiResult(vm=backend.target.as_dict(), method="keyboard" if keyboard else "nmi", waited=wait,
+        return NmiResult(vm=backend.target.to_dict(), method="keyboard" if keyboard else "nmi", waited=wait,
                          panic=panic)
 
 

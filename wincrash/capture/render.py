@@ -13,7 +13,7 @@ from wincrash.capture.nmi import GUEST_NEEDS_KEYS, GUEST_NEEDS_NMI, NmiResult
 
 def print_nmi(result: NmiResult, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     what = "crash keys (right Ctrl + Scroll Lock, twice) sent" if result.method == "keyboard" else "NMI injected"
     typer.echo(f"{what}: {result.vm['name']}")
@@ -25,7 +25,7 @@ def print_nmi(result: NmiResult, as_json: bool) -> None:
 
 def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> None:
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(f"{label or f'wrote {result.path}'} ({result.format}, {result.size / 2**20:,.1f} MiB from "
                f"{result.guest_ram / 2**20:,.0f} MiB of guest RAM) in {result.seconds:.1f} s "
@@ -39,7 +39,7 @@ def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> N
 def print_capture(result: Any, as_json: bool) -> None:
     """The capture summary, then `wincrash info` of the new MEMORY.DMP (what the engineer sends on)."""
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     from wincrash.info import describe_file
     from wincrash.info.render import print_report
