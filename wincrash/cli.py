@@ -12,68 +12,17 @@ optional dependency (libguestfs) only affects the commands that need it.
 from __future__ import annotations
 
 import os
-import re
-import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from wincrash import __version__
 from wincrash.choices import CrashDumpKind, DmpFormat, Profile, QemuDumpFormat
+from wincrash.door import PROG, Command, Group, positive_seconds, readable, size, usage_message
 from wincrash.errors import EXIT_ERROR, EXIT_INTERRUPTED, WincrashError
 from wincrash.render import error_line, render
-
-PROG = "wincrash"
-
-
-class _Argument(TyperArgument):
-    """A positional argument shown the classic way: `DISK...` in the usage line, no `<type>` column."""
-
-    def display_type_rich(self, ctx: Any) -> str | None:  # noqa: ANN401 - typer's context type
-        return None
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw
-        return name if self.required else f"[{name}]"
-
-
-def _clean(params: list[Any]) -> None:
-    """Arguments become `_Argument`; flags lose typer's `<bool>` type label."""
-    for param in params:
-        if isinstance(param, TyperArgument):
-            param.__class__ = _Argument
-        elif getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-
-
-class Command(TyperCommand):
-    """Every command: arguments as `_Argument`, flags without a `<bool>` type (clean --help metavars)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - passed through to click
-        super().__init__(*args, **kwargs)
-        _clean(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:  # noqa: ANN401 - click's types
-        option = super().get_help_option(ctx)
-        _clean([option] if option is not None else [])
-        return option
-
-
-class Group(TyperGroup):
-    """The `wincrash` group itself, with the same clean --help."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - passed through to click
-        super().__init__(*args, **kwargs)
-        _clean(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:  # noqa: ANN401 - click's types
-        option = super().get_help_option(ctx)
-        _clean([option] if option is not None else [])
-        return option
-
 
 app = typer.Typer(
     name=PROG,
@@ -89,39 +38,6 @@ def _command(name: str | None = None) -> Any:  # noqa: ANN401 - typer's decorato
     return app.command(name, cls=Command)
 
 
-# --- door checks: each raises WincrashError (one line, exit 2) before any slow work -------------------
-
-def _readable(what: str, hint: str = "try sudo, or check the file's owner") -> Any:  # noqa: ANN401
-    """A parameter callback: the path must exist, not be a folder, and be readable (checked by opening it)."""
-    from wincrash.inputs import open_input
-
-    def check(value: Path | list[Path] | None) -> Path | list[Path] | None:
-        for path in value if isinstance(value, list) else [value] if value is not None else []:
-            try:
-                special = not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
-            except OSError:
-                special = False
-            if not special:  # opening a FIFO would block: the command's own reader deals with those
-                fh, _size = open_input(path, what, hint)
-                fh.close()
-        return value
-
-    return check
-
-
-def _positive_seconds(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise WincrashError("--wait takes a positive number of seconds")
-    return value
-
-
-def _size(value: str | None) -> str | None:
-    from wincrash.disk.crashcontrol import parse_size
-
-    parse_size(value)  # WincrashError "--ram lots: ..." for a bad size; prepare gets the bytes below
-    return value
-
-
 # --- shared options -------------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -129,7 +45,7 @@ VmArg = Annotated[str, typer.Argument(
     metavar="VM", help="The VM: a QMP UNIX socket path, tcp:HOST:PORT, or a libvirt domain name (with --connect).")]
 ConnectOpt = Annotated[str | None, typer.Option(
     "--connect", "-c", metavar="URI", help="libvirt URI for a domain name (default qemu:///system).")]
-DISK_HINT = "run as a user who can read the VM's disks, e.g. with sudo"
+DISK_HINT = "run as a user who can read the VM's disks, e.g. with sudo"  # as disk.image says
 
 
 def _version(value: bool) -> None:
@@ -149,7 +65,7 @@ def _root(
 @_command()
 def info(
     file: Annotated[Path, typer.Argument(
-        metavar="FILE", callback=_readable("dump file"),
+        metavar="FILE", callback=readable("dump file"),
         help="A DMP, pagefile.sys, QEMU ELF dump or other dump-like file.")],
     json_out: JsonOpt = False,
 ) -> None:
@@ -167,7 +83,7 @@ def nmi(
     keyboard: Annotated[bool, typer.Option(
         "--keyboard", help="Send right Ctrl + Scroll Lock twice instead (guest needs CrashOnCtrlScroll=1).")] = False,
     wait: Annotated[float | None, typer.Option(
-        "--wait", metavar="SECONDS", callback=_positive_seconds,
+        "--wait", metavar="SECONDS", callback=positive_seconds,
         help="Wait this long for the guest to report its panic (pvpanic/hv-crash).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -210,7 +126,7 @@ def capture(
         "--crash", help="First inject an NMI and wait for the panic, so the dump holds bugcheck 0x80.")] = False,
     keep_elf: Annotated[bool, typer.Option("--keep-elf", help="Keep QEMU's ELF dump next to the output.")] = False,
     wait: Annotated[float, typer.Option(
-        "--wait", metavar="SECONDS", callback=_positive_seconds, help="With --crash: how long to wait for the panic.")
+        "--wait", metavar="SECONDS", callback=positive_seconds, help="With --crash: how long to wait for the panic.")
     ] = 120,
     fmt: Annotated[DmpFormat, typer.Option(
         "--format", case_sensitive=False, metavar="[full|bitmap]",
@@ -231,7 +147,7 @@ def capture(
 @_command()
 def convert(
     input_file: Annotated[Path, typer.Argument(
-        metavar="INPUT", callback=_readable("dump file"),
+        metavar="INPUT", callback=readable("dump file"),
         help="QEMU dump-guest-memory ELF (or virsh dump --memory-only), raw image or DMP.")],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", help="Output MEMORY.DMP (default: INPUT with .dmp).")] = None,
@@ -258,7 +174,7 @@ def convert(
 @_command("grab-pagefile")
 def grab_pagefile(
     disks: Annotated[list[Path], typer.Argument(
-        metavar="DISK...", callback=_readable("disk image", DISK_HINT),
+        metavar="DISK...", callback=readable("disk image", DISK_HINT),
         help="Every disk image of the VM (qcow2, raw, vmdk, vhdx...); opened read-only.")],
     out_dir: Annotated[Path, typer.Option(
         "--output-dir", "-o", metavar="DIR", help="Folder for the copied files.")] = Path("."),
@@ -280,7 +196,7 @@ def grab_pagefile(
 @_command()
 def prepare(
     disk: Annotated[Path, typer.Argument(
-        metavar="DISK", callback=_readable("disk image", DISK_HINT),
+        metavar="DISK", callback=readable("disk image", DISK_HINT),
         help="The Windows system disk image of a shut-down VM.")],
     dump_kind: Annotated[CrashDumpKind, typer.Option(
         "--dump", case_sensitive=False, metavar="[complete|kernel|automatic|active]",
@@ -292,7 +208,7 @@ def prepare(
         "--no-auto-reboot/--auto-reboot", help="AutoReboot=0: stay on the blue screen (default), "
         "or leave AutoReboot as it is.")] = True,
     ram: Annotated[str | None, typer.Option(
-        "--ram", metavar="SIZE", callback=_size,
+        "--ram", metavar="SIZE", callback=size,
         help="The VM's memory (e.g. 8G), to check the paging file can hold a complete dump.")] = None,
     backup_dir: Annotated[Path | None, typer.Option(
         "--backup-dir", metavar="DIR",
@@ -331,36 +247,6 @@ def doctor(
 
     report = run_doctor(vm=vm, connect=connect, dump_dir=dump_dir, host_root=host_root)
     raise typer.Exit(render(report, as_json=json_out, text=lambda r: print_doctor(r, as_json=False)))
-
-
-# --- turning every failure into one line -----------------------------------------------------------------
-
-CHOICE_ERROR = re.compile(r"^(?:Value error, )?'(?P<value>.*)' is not one of (?P<choices>.+?)\.?$")
-
-
-def usage_message(exc: typer.TyperException) -> str:
-    """One line for a usage error click/typer raised: `--dump huge: choose one of ...`, `missing DISK`...
-
-    Choice errors name the option, the value and the choices; other bad values name the option;
-    the rest keep typer's sentence. A pointer to the command's --help ends the line.
-    """
-    param = getattr(exc, "param", None)
-    message = " ".join(str(getattr(exc, "message", "") or exc.format_message()).split()).rstrip(".")
-    ctx = getattr(exc, "ctx", None)
-    command = ctx.command_path if ctx is not None else PROG
-    if param is not None and type(exc).__name__ == "BadParameter":
-        name = param.opts[0] if getattr(param, "param_type_name", "") == "option" else param.human_readable_name
-        choice = CHOICE_ERROR.match(message)
-        if choice:
-            descriptor = getattr(param, "type_descriptor", None)  # the enum's own spelling, not typer's lowercase
-            names = [str(c) for c in getattr(descriptor, "choices", None) or ()] or \
-                [c.strip("' ") for c in choice.group("choices").split(",")]
-            message = f"{name} {choice.group('value')}: choose one of {', '.join(names)}"
-        else:
-            message = f"{name}: {message.removeprefix('Value error, ')}"
-    else:
-        message = exc.format_message().rstrip(".")
-    return f"{message} (see `{command} --help`)"
 
 
 def main() -> None:
