@@ -105,7 +105,7 @@ CHOICE_ERROR = re.compile(r"^(?:Value error, )?'(?P<value>.*)' is not one of (?P
 
 
 def usage_message(exc: typer.TyperException) -> str:
-    """One line for a usage error click/typer raised: `--dump huge: choose one of ...`, `missing DISK`...
+    """One line for a usage error click/typer raised: `--dump huge: unknown dump, choose one of ...`, `missing DISK`...
 
     Choice errors name the option, the value and the choices; other bad values name the option;
     the rest keep typer's sentence. A pointer to the command's --help ends the line.
@@ -121,7 +121,7 @@ def usage_message(exc: typer.TyperException) -> str:
             descriptor = getattr(param, "type_descriptor", None)  # the enum's own spelling, not typer's lowercase
             names = [str(c) for c in getattr(descriptor, "choices", None) or ()] or \
                 [c.strip("' ") for c in choice.group("choices").split(",")]
-            message = f"{name} {choice.group('value')}: choose one of {', '.join(names)}"
+            message = f"{name} {choice.group('value')}: unknown {name.lstrip('-')}, choose one of {', '.join(names)}"
         else:
             message = f"{name}: {message.removeprefix('Value error, ')}"
     else:
