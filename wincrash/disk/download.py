@@ -19,9 +19,9 @@ from wincrash.output import atomic_output
 from wincrash.progress import byte_progress
 
 
-@dataclass
+@dataclass(frozen=True)
 class Downloaded:
-    """A file copied to the host."""
+    """A file copied to the host: its path, its size in bytes, and the seconds the copy took."""
 
     path: Path
     size: int
@@ -30,7 +30,11 @@ class Downloaded:
 
 def download(g: Any, remote: str, local: Path, expected_size: int, force: bool = False,
              progress: bool = True, label: str | None = None) -> Downloaded:
-    """Stream ``remote`` (a path inside the appliance) to ``local`` and verify its size."""
+    """Stream ``remote`` (a path inside the appliance) to ``local`` and verify its size (bytes).
+
+    WincrashError when the copy fails or its size differs from ``expected_size``; the partial file
+    is removed (atomic_output). ``progress`` shows a bar on a terminal's stderr.
+    """
     import guestfs  # noqa: PLC0415 - distribution module, already imported by the backend
 
     from wincrash.errors import WincrashError
