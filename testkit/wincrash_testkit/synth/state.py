@@ -83,7 +83,10 @@ class Builder:
         slot each from Windows 10 1607 (KASLR): nonpaged and paged pool, PFN database, system PTEs, system
         cache, session space; with the kernel image's and KUSER_SHARED_DATA's slots that makes >= 6
         supervisor entries besides the self-map, as MemProcFS requires of a DTB. The PFN database is mapped
-        (2 MiB pages, MMPFN_SIZE bytes per physical page up to the highest one), its contents left zero.
+        (2 MiB pages, MMPFN_SIZE bytes per physical page up to the highest one), its contents left zero, and
+        so is the initial nonpaged pool (2 MiB pages, RAM/64 clamped to 8..128 MiB, at the region's base;
+        the pool allocator ``pool`` hands out 4 KiB pages above it). A kernel memory dump of a real system is
+        never small; LeechCore refuses dump files under 16 MiB.
         """
         taken = {0x1EF, 0x1F0, 0x1F1, 0x1F5}  # KUSER_SHARED_DATA, kernel/drivers, Win7 drivers, Win7 pool
         if self.spec.build >= 14393:
@@ -93,12 +96,14 @@ class Builder:
             taken.add(0x1ED)
         dtb = self.alloc.take(self.rng.randrange(*SYSTEM_PML4_PFNS) * PAGE)
         self.space = AddressSpace(self.mem, self.alloc, self.self_ref, self_ref_nx=self.spec.build >= 9600, dtb=dtb)
+        initial_pool = min(max(self.layout.ram_bytes // 64, 8 * MIB), 128 * MIB) // LARGE * LARGE
         if self.spec.build >= 14393:
             self.regions = {name: canonical(self._pml4_slot(taken) << 39) for name in KASLR_REGIONS}
-            pool_base = self.regions["nonpaged_pool"] + self.rng.randrange(0x100, 0x7000000) * PAGE
+            pool_gap = self.rng.randrange(0x100, 0x7000000) * PAGE
         else:
             self.regions = dict(WIN7_REGIONS)
-            pool_base = self.regions["nonpaged_pool"] + self.rng.randrange(0x100, 0x100000) * PAGE
+            pool_gap = self.rng.randrange(0x100, 0x100000) * PAGE
+        pool_base = self.regions["nonpaged_pool"] + initial_pool + pool_gap
         self.pfn_database = self.regions["pfn_database"]
         for va in (*self.regions.values(), KUSER_SHARED_DATA_VA, 0xFFFFF80000000000):
             slot = (va >> 39) & 0x1FF
@@ -107,6 +112,9 @@ class Builder:
         pfn_bytes = (self.layout.highest_page + 1) * MMPFN_SIZE
         for i in range(-(-pfn_bytes // LARGE)):
             self.space.map_2m(self.pfn_database + i * LARGE, self.alloc.large())
+        for i in range(initial_pool // LARGE):
+            self.space.map_2m(self.regions["nonpaged_pool"] + i * LARGE, self.alloc.large())
+        self.truth["initial_nonpaged_pool"] = {"va": self.regions["nonpaged_pool"], "size": initial_pool}
         self.pool = VaAllocator(self.space, pool_base)
 
     def sym(self, name: str) -> int:
