@@ -107,7 +107,7 @@ def capture(
     keep_elf: Annotated[bool, typer.Option("--keep-elf", help="Keep QEMU's ELF dump next to the output.")] = False,
     wait: Annotated[float, typer.Option(
         "--wait", metavar="SECONDS", help="With --crash: how long to wait for the panic.")] = 120,
-    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1) or bitmap (DumpType 5).")] = "full",
+    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1), bitmap or kernel (DumpType 5).")] = "full",
     connect: ConnectOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output files.")] = False,
     json_out: JsonOpt = False,
@@ -128,7 +128,8 @@ def convert(
     profile: Annotated[str, typer.Option(
         "--profile", help="auto, or the Windows you expect (e.g. Win10x64, Win7SP1x64): checked against memory.")
     ] = "auto",
-    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1) or bitmap (DumpType 5, zero pages left out).")
+    fmt: Annotated[str, typer.Option("--format", help="full (DumpType 1), bitmap (DumpType 5 'FDMP', every page; "
+                                     "zero pages are holes) or kernel (DumpType 5 'SDMP', the kernel's memory only).")
                    ] = "full",
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output; convert despite a profile mismatch.")
                      ] = False,

@@ -17,7 +17,11 @@ from wincrash.errors import WincrashError, describe_os_error
 
 def open_input(path: Path, what: str = "dump file", permission_hint: str = "try sudo, or check the file's owner"
                ) -> tuple[BinaryIO, int]:
-    """Open ``path`` read-only; return the file and its size. ``what`` names it in the errors."""
+    """Open ``path`` read-only; return the file and its size in bytes. ``what`` names it in the errors.
+
+    Only regular files and block devices are accepted (a FIFO, socket or character device raises
+    WincrashError instead of blocking). Raises WincrashError, one line, for every failure.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -26,6 +30,10 @@ def open_input(path: Path, what: str = "dump file", permission_hint: str = "try 
         raise WincrashError(describe_os_error(exc, path)) from None
     if stat.S_ISDIR(st.st_mode):
         raise WincrashError(f"{path}: is a directory, not a {what}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        # A FIFO would block open() until a writer appears, and none can be read twice or seeked.
+        raise WincrashError(f"{path}: is a {_special_kind(st.st_mode)}, not a {what} (give a regular file or a "
+                            "block device)")
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as exc:
@@ -34,3 +42,14 @@ def open_input(path: Path, what: str = "dump file", permission_hint: str = "try 
         raise WincrashError(describe_os_error(exc, path)) from None
     size = st.st_size if stat.S_ISREG(st.st_mode) else fh.seek(0, os.SEEK_END)
     return fh, size
+
+
+def _special_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    return "special file"

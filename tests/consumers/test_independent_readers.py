@@ -5,11 +5,11 @@ files of ../shared/samples/isf) and each output format, both readers must list t
 (pid, name, parent) and modules (name, base, size), and report its kernel base and build; MemProcFS's PFN
 database must be the PFN array base (MmPfnDatabase's value). See tests/readers.py for what each reader needs.
 
-The generated guests are realistic enough for both readers (a dozen and more processes with their own
-PML4s, >= 6 kernel PML4 regions, the System PML4 low in RAM, POOLCODE in ntoskrnl: checked on full dumps).
-What the converter still lacks keeps some cases xfail(strict=True) with the missing piece named: they turn
-into XPASS (a failure) once fixed, and the xfail marks come off then. Issue 10, section "Independent
-readers in the test suite".
+The generated guests are realistic enough for both readers as they are for a real dump (a dozen and more
+processes with their own PML4s, >= 6 kernel PML4 regions, the System PML4 low in RAM, POOLCODE in ntoskrnl,
+the PFN database mapped; see wincrash_testkit.synth.state and .processes), and the converter writes what
+they read (PfnDataBase value, complete bitmaps, kernel dumps). Issue 10, section "Independent readers in
+the test suite".
 """
 
 from __future__ import annotations
@@ -28,33 +28,11 @@ pytestmark = pytest.mark.slow
 BUILDS = (19041, 17763, 14393)
 FORMATS = ("full", "bitmap", "kernel")
 
-# What is missing today in the converter, measured with each reader's own log (MemProcFS -v -vv -printf,
-# volatility3 -vvv). The generated guests themselves need nothing more: with a converter that writes the
-# PfnDataBase value, complete bitmaps and kernel dumps, all 18 cases pass (measured on the h9-fidelity branch).
-PFN = "converter: header PfnDataBase holds &MmPfnDatabase, not its value (MemProcFS reads it as the PFN array)"
-BITMAP_MEMPROCFS = ("converter: --format bitmap leaves zero pages out of an 'FDMP' dump (the file is < 16 MiB: "
-                    "LeechCore refuses it)")
-BITMAP_VOLATILITY = ("converter: --format bitmap leaves zero pages out of an 'FDMP' dump (volatility3: 'No suitable "
-                     "kernels found during pdbscan', ntoskrnl's pages between MZ and RSDS are unreadable)")
-KERNEL = "converter: --format kernel (DumpType 5 'SDMP') does not exist yet"
 
 
-def _marks(reader: str, fmt: str, pfn: bool = False) -> list[pytest.MarkDecorator]:
-    """The xfail mark of one case (none when it must pass today); ``pfn``: the PfnDataBase check."""
-    if fmt == "kernel":
-        reasons = [KERNEL]
-    elif fmt == "bitmap":
-        reasons = [BITMAP_MEMPROCFS if reader == "memprocfs" else BITMAP_VOLATILITY]
-    else:
-        reasons = []
-    reasons += [PFN] if pfn and fmt != "kernel" else []
-    return [pytest.mark.xfail(strict=True, reason="; ".join(reasons))] if reasons else []
-
-
-CASES = [pytest.param(reader, build, fmt, id=f"{reader}-{build}-{fmt}", marks=_marks(reader, fmt))
+CASES = [pytest.param(reader, build, fmt, id=f"{reader}-{build}-{fmt}")
          for reader in ("memprocfs", "volatility3") for build in BUILDS for fmt in FORMATS]
-PFN_CASES = [pytest.param(build, fmt, id=f"memprocfs-{build}-{fmt}", marks=_marks("memprocfs", fmt, pfn=True))
-             for build in BUILDS for fmt in FORMATS]
+PFN_CASES = [pytest.param(build, fmt, id=f"memprocfs-{build}-{fmt}") for build in BUILDS for fmt in FORMATS]
 
 
 @pytest.fixture(scope="module")

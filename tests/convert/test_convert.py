@@ -74,7 +74,8 @@ def test_header_matches_ground_truth(converted):
     assert h.KdDebuggerDataBlock == t["kdbg"]["va"]
     assert h.PsLoadedModuleList == t["ps_loaded_module_list"]
     assert h.PsActiveProcessHead == t["ps_active_process_head"]
-    assert h.PfnDatabase == t["mm_pfn_database"]["va"]
+    # Full and bitmap dumps hold MmPfnDatabase's value (the PFN array), not the variable's address.
+    assert h.PfnDatabase == t["mm_pfn_database"]["value"] != t["mm_pfn_database"]["va"]
     system_dtb = t["processes"][0]["dtb"]
     assert h.DirectoryTableBase in (system_dtb, t["dtb"])
     bc = t["bugcheck"]
@@ -94,6 +95,8 @@ def test_header_matches_ground_truth(converted):
     assert runs != [[b // PAGE, s // PAGE] for b, s, *_ in t["elf_blocks"]]
     assert raw[0xF00:0xF98] == bytes(0x98)  # exception record zeroed, never 'PAGE'
     assert h.RequiredDumpSpace == out.stat().st_size
+    if fmt == "bitmap":
+        assert_complete_bitmap(out)
     assert (out.stat().st_mode & 0o777) == 0o600
 
 
@@ -150,16 +153,31 @@ def test_pages_equal_the_elf_and_volatility3_agrees(converted):
         if pfn in patched:
             continue
         got = p.read_physical_page(pfn * PAGE)
-        if fmt == "bitmap" and expected == bytes(PAGE):
-            assert got is None, f"zero page 0x{pfn:x} should be left out"
-            continue
         assert got is not None and bytes(got) == expected, f"page 0x{pfn:x}"
         assert vol.read(pfn * PAGE, PAGE, pad=True) == expected
     zero_pfn = next(b + c - 1 for b, c in runs if (b + c - 1) not in guest.mem.pages)
-    if fmt == "full":
-        assert bytes(p.read_physical_page(zero_pfn * PAGE)) == bytes(PAGE)
-    else:  # bitmap: zero pages are left out (not present)
-        assert p.read_physical_page(zero_pfn * PAGE) is None
+    # Every page of the runs is present, zero pages too (readers take a missing page as unreadable).
+    assert bytes(p.read_physical_page(zero_pfn * PAGE)) == bytes(PAGE)
+    assert vol.read(zero_pfn * PAGE, PAGE, pad=False) == bytes(PAGE)
+    if fmt == "bitmap":  # ... but zero pages cost no disk blocks: the file is sparse
+        data_pages = len(pfns) + len(patched) + 16  # the guest's pages in the runs, patches, header and bitmap
+        assert out.stat().st_blocks * 512 <= data_pages * PAGE + (sum(c for _, c in runs) // 8 + PAGE)
+        assert out.stat().st_blocks * 512 < out.stat().st_size // 10
+
+
+def assert_complete_bitmap(out: Path) -> None:
+    """'FDMP': TotalPresentPages = the runs' pages, every run page's bit set, bit count a multiple of 64."""
+    with open(out, "rb") as fh:
+        head = fh.read(0x2038)
+        runs_n = struct.unpack_from("<I", head, 0x88)[0]
+        runs = [struct.unpack_from("<QQ", head, 0x98 + 16 * i) for i in range(runs_n)]
+        signature, first, present, bits = head[0x2000:0x2004], *struct.unpack_from("<QQQ", head, 0x2020)
+        bitmap = int.from_bytes(fh.read(bits // 8), "little")
+    assert signature == b"FDMP" and bits % 64 == 0 and bits >= max(b + c for b, c in runs)
+    assert present == sum(c for _, c in runs) == bitmap.bit_count()
+    for base, count in runs:
+        assert (bitmap >> base) & ((1 << count) - 1) == (1 << count) - 1
+    assert out.stat().st_size == first + present * PAGE
 
 
 def test_info_on_output_is_sound(converted):

@@ -47,6 +47,7 @@ def test_real_triage_dump_matches_known_facts():
     t = data["triage"]
     assert t["driver_count"] == 151 and t["valid_offset"] == "0x13a288"
     assert t["drivers"][0]["name"].endswith("ntoskrnl.exe") and t["drivers"][0]["base"] == "0xfffff8047ba00000"
+    assert len(t["drivers"]) == 151  # --json has every driver; the text output shows 10 of them
     assert bc["parameter_modules"] == [None, "amdppm.sys", None, None]  # parameter 2 lies in amdppm.sys
     k = t["kdbg"]
     assert k["kern_base"] == "0xfffff8047ba00000" and k["ki_processor_block"] == "0xfffff8047c6fdc80"
@@ -54,7 +55,7 @@ def test_real_triage_dump_matches_known_facts():
     assert k["nt_build_lab"] == "19041.1.amd64fre.vb_release.191206-1406"
     assert (k["size_prcb"], k["offset_prcb_context"], k["offset_prcb_proc_state_context"],
             k["offset_prcb_number"]) == ("0xaf00", "0x85c0", "0x1f0", "0x24")
-    assert data["context"]["cs"] == "0x10"
+    assert data["context"]["cs"] == "0x10" and data["context"]["architecture"] == "x64"
 
 
 def test_real_triage_text_output_names_the_bugcheck():
@@ -62,6 +63,8 @@ def test_real_triage_text_output_names_the_bugcheck():
     assert proc.returncode == 0
     assert "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M" in proc.stdout
     assert "ntoskrnl.exe" in proc.stdout and "sound" in proc.stdout
+    assert "10 of 151 drivers shown" in proc.stdout
+    assert "address of the EXCEPTION_RECORD" in proc.stdout  # parameter 3 of 0x7E, meant for 0x1000007E too
 
 
 def test_pagefile_with_embedded_triage_dump(tmp_path):

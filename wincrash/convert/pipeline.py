@@ -1,4 +1,4 @@
-"""The conversion pipeline: memory source -> find Windows -> plan -> write a DMP (full or bitmap).
+"""The conversion pipeline: memory source -> find Windows -> plan -> write a DMP (full, bitmap or kernel).
 
     open_source (memory/) -> locate_windows (windows/) -> plan_dump (dmp/plan.py) -> write_dump (dmp/writer.py)
 
@@ -16,7 +16,7 @@ from typing import Any
 from wincrash.dmp.plan import DumpPlan, plan_dump
 from wincrash.dmp.writer import FORMATS, WriteResult, bytes_needed, write_dump
 from wincrash.errors import WincrashError
-from wincrash.formats.dump import PAGE_SIZE
+from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource, open_source
 from wincrash.output import atomic_output, check_destination, check_free_space
@@ -33,7 +33,8 @@ class ConversionResult:
     """What convert did, for the text summary and --json.
 
     ``seconds_*`` are wall-clock seconds; ``file_size`` bytes; ``pages_*`` 4 KiB pages (in Windows'
-    runs, written to the file, and zero pages a bitmap dump left out); ``bugcheck`` describes the
+    runs, held by the file, and pages of the runs a kernel dump left out); ``full_size`` bytes a full
+    dump of the same runs takes, for comparison; ``bugcheck`` describes the
     header's stop code; ``warnings`` are in the order they arose (input, analysis, plan, writing).
     """
 
@@ -49,6 +50,7 @@ class ConversionResult:
     pages_written: int
     pages_left_out: int
     warnings: tuple[str, ...]
+    full_size: int = 0
 
     @property
     def bugcheck(self) -> str:
@@ -60,7 +62,7 @@ class ConversionResult:
         return {
             "input": self.input, "output": self.output, "format": self.format, "file_size": self.file_size,
             "pages_in_runs": self.pages_in_runs, "pages_written": self.pages_written,
-            "pages_left_out": self.pages_left_out, "bugcheck": self.bugcheck,
+            "pages_left_out": self.pages_left_out, "full_dump_size": self.full_size, "bugcheck": self.bugcheck,
             "seconds_finding_windows": round(self.seconds_finding_windows, 3),
             "seconds_writing": round(self.seconds_writing, 3),
             "windows": self.facts.to_dict(self.plan.register_sources), "warnings": list(self.warnings),
@@ -107,12 +109,12 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
     """Convert one memory image into a WinDbg-loadable MEMORY.DMP at ``output_path`` (mode 0600, atomic).
 
     ``profile``: "auto" or a profile name the build found must fit (else an error unless ``force``);
-    ``fmt``: "full" or "bitmap"; ``force`` also allows overwriting ``output_path``; ``progress``
-    shows a progress bar on stderr. Raises WincrashError for bad arguments, an input without a
-    findable Windows x64 kernel, or too little free space.
+    ``fmt``: "full", "bitmap" or "kernel" (writer.FORMATS); ``force`` also allows overwriting
+    ``output_path``; ``progress`` shows a progress bar on stderr. Raises WincrashError for bad
+    arguments, an input without a findable Windows x64 kernel, or too little free space.
     """
     if fmt not in FORMATS:
-        raise WincrashError(f"unknown format {fmt!r}: use full or bitmap")
+        raise WincrashError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")
     if profile != "auto":
         check_profile(profile, 0)  # an unknown name fails here, before any slow work
     check_destination(output_path, force)
@@ -132,7 +134,7 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
                 raise WincrashError(f"{mismatch} (use --profile auto, or --force to convert anyway)")
             warnings.append(mismatch)
         warnings += input_warnings(source, facts)
-        plan = plan_dump(facts, source)
+        plan = plan_dump(facts, source, fmt)
         warnings += plan.warnings
         t0 = time.monotonic()
         written = _write(source, plan, output_path, fmt, force, progress)
@@ -142,13 +144,15 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
     return ConversionResult(
         str(input_path), str(output_path), fmt, facts, plan, seconds_finding_windows=seconds_finding,
         seconds_writing=seconds_writing, file_size=written.file_size, pages_in_runs=written.pages_in_runs,
-        pages_written=written.pages_written, pages_left_out=written.pages_left_out, warnings=tuple(warnings))
+        pages_written=written.pages_written, pages_left_out=written.pages_left_out, warnings=tuple(warnings),
+        full_size=DUMP_HEADER64_SIZE + written.pages_in_runs * PAGE_SIZE)
 
 
 def _write(source: PhysicalSource, plan: DumpPlan, output: Path, fmt: str, force: bool,
            progress: bool) -> WriteResult:
     """Check free space, then write ``plan`` to a temporary name renamed to ``output`` when complete."""
     check_free_space(output, bytes_needed(source, plan, fmt))
-    run_bytes = sum(c for _, c in plan.header.runs) * PAGE_SIZE
-    with atomic_output(output, force) as out, byte_progress(f"writing {fmt} dump", run_bytes, progress) as advance:
+    pages = plan.kernel_pages.kept if plan.kernel_pages is not None else sum(c for _, c in plan.header.runs)
+    with atomic_output(output, force) as out, \
+            byte_progress(f"writing {fmt} dump", pages * PAGE_SIZE, progress) as advance:
         return write_dump(source, plan, fmt, out, advance)

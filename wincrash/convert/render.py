@@ -33,9 +33,12 @@ def print_conversion(result: ConversionResult, as_json: bool = False) -> None:
                       + (f"; secure kernel (VBS) at {hex(hv.secure_kernel.base)}" if hv.secure_kernel else ""))
     console.print(f"  bugcheck    {result.bugcheck}" + ("" if f.crashed else " (the guest had not crashed: live dump)"))
     console.print(f"  memory      {len(f.runs)} run(s), {result.pages_in_runs:,} pages — {f.methods.get('runs')}")
-    if result.format == "bitmap":
-        console.print(f"  bitmap      {result.pages_written:,} pages written, {result.pages_left_out:,} zero pages "
-                      "left out")
+    if result.format == "kernel" and result.plan.kernel_pages is not None:
+        kp = result.plan.kernel_pages
+        share = result.pages_written / max(result.pages_in_runs, 1)
+        console.print(f"  kernel      {result.pages_written:,} of {result.pages_in_runs:,} pages kept ({share:.1%}): "
+                      f"{kp.tables:,} page-table pages, {kp.process_tables} of {kp.processes} processes' "
+                      f"top-level tables; {result.file_size:,} bytes against {result.full_size:,} for a full dump")
     console.print(f"  time        {result.seconds_finding_windows:.2f} s finding Windows, "
                   f"{result.seconds_writing:.2f} s writing")
     for warning in result.warnings:

@@ -3,7 +3,7 @@
 When Windows crashes it writes the dump into the paging file (the only file it can safely write
 at that moment) starting at offset 0 with the usual 'PAGEDU64' / 'PAGEDUMP' header, and moves it
 to MEMORY.DMP on the next boot. A guest that never boots again keeps it there. The dump's own
-header says how long it is (info.dmpfile.dump_extent); the rest of the pagefile is paging data.
+header says how long it is (dmp.reader.dump_extent); the rest of the pagefile is paging data.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class EmbeddedDump:
 
 def extract_dump(pagefile: Path, out: Path, force: bool = False, progress: bool = True) -> EmbeddedDump:
     """Write the dump at the start of ``pagefile`` to ``out``, trimmed to its header's extent, and check it."""
-    from wincrash.info import describe_file  # noqa: PLC0415 - keeps `grab-pagefile` import light
-    from wincrash.info.dmpfile import dump_extent  # noqa: PLC0415
+    from wincrash.dmp.reader import dump_extent  # noqa: PLC0415 - keeps `grab-pagefile` import light
+    from wincrash.info import describe_file  # noqa: PLC0415
 
     with open(pagefile, "rb") as src:
         extent = dump_extent(src)

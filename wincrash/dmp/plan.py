@@ -16,15 +16,18 @@ from wincrash import __version__
 from wincrash.dmp.context import context_from_note
 from wincrash.dmp.header import HeaderFields
 from wincrash.errors import WincrashError
-from wincrash.formats.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT
+from wincrash.formats.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, MXCSR_DEFAULT
 from wincrash.formats.dump import MAX_RUNS64, PAGE_SIZE
+from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource
 from wincrash.windows.bugcheck import LIVE_SYSTEM_DUMP, describe_bugcheck
 from wincrash.windows.facts import WindowsFacts
+from wincrash.windows.kernel_memory import KernelPages, select_kernel_pages
 from wincrash.windows.paging import AddressSpace
 
 KERNEL_SPACE = 0xFFFF800000000000  # lowest canonical kernel-half virtual address
 KERNEL_CODE_SELECTOR = 0x10  # KGDT64_R0_CODE: CS of a kernel-mode x64 context
+WINDOWS_CODE_SELECTORS = (0x10, 0x33)  # KGDT64_R0_CODE, KGDT64_R3_CODE | 3
 REGISTERS_FROM_SAVED = "KPRCB.ProcessorState.ContextFrame (Windows' saved context)"
 
 Patch = tuple[int, bytes]  # (guest-physical address, bytes to write there)
@@ -37,7 +40,8 @@ class DumpPlan:
     ``patches`` never cross a page; ``register_sources`` maps processor number -> where the dump's
     registers for it come from (only processors that have registers); ``bugcheck`` describes the
     header's stop code ("0x00000161 LIVE_SYSTEM_DUMP" for a guest that had not crashed);
-    ``warnings`` are what planning could not do, for the user.
+    ``warnings`` are what planning could not do, for the user; ``kernel_pages`` the pages a kernel
+    dump keeps (None for full and bitmap dumps, which hold every page of the runs).
     """
 
     header: HeaderFields
@@ -45,6 +49,7 @@ class DumpPlan:
     register_sources: Mapping[int, str]
     bugcheck: str
     warnings: tuple[str, ...]
+    kernel_pages: KernelPages | None = None
 
 
 def merge_runs(runs: Sequence[tuple[int, int]], limit: int = MAX_RUNS64) -> list[tuple[int, int]]:
@@ -86,29 +91,24 @@ def saved_context(space: AddressSpace, va: int | None) -> bytes | None:
     return raw
 
 
-def plan_dump(facts: WindowsFacts, source: PhysicalSource) -> DumpPlan:
-    """The header, patches and register sources of a DMP of ``source`` as ``facts`` describe it.
+def processor_contexts(facts: WindowsFacts, source: PhysicalSource
+                       ) -> tuple[dict[int, bytes], dict[int, str], list[Patch], list[str]]:
+    """(CONTEXT per processor number, where each came from, patches writing them into KPRCB.Context's
+    buffer, warnings).
 
-    Each processor's registers come from its vCPU note, else from Windows' saved context; with no
-    processor registers at all, vCPU note 0's registers go in the header. A guest that had not
-    crashed gets LIVE_SYSTEM_DUMP (0x161). More than MAX_RUNS64 runs are merged. Reads memory
-    through facts.kernel.space; changes neither argument. Raises WincrashError when the decoded
-    KDBG cannot be written back (its page is not mapped).
+    A processor's registers come from its vCPU note when that note is in long mode (vcpus.py never
+    matches another), else from Windows' saved KPRCB.ProcessorState.ContextFrame when it holds a
+    kernel context; a processor with neither gets no CONTEXT.
     """
     space = facts.kernel.space
-    kdbg = facts.kdbg
-    warnings: list[str] = []
-    patches: list[Patch] = []
-    if kdbg.encoded:
-        kdbg_patch = va_patch(space, kdbg.va, kdbg.plain)
-        if kdbg_patch is None:
-            raise WincrashError("the KDBG was decoded but its page is not mapped: cannot write it back")
-        patches += kdbg_patch
     contexts: dict[int, bytes] = {}
     sources: dict[int, str] = {}
+    patches: list[Patch] = []
+    warnings: list[str] = []
     for cpu in facts.cpus:
-        if cpu.note_index is not None:
-            ctx = context_from_note(source.cpus[cpu.note_index])
+        note = source.cpus[cpu.note_index] if cpu.note_index is not None else None
+        if note is not None and cpu_mode(note) == "long":
+            ctx = context_from_note(note)
             sources[cpu.number] = cpu.register_source
         else:
             saved = saved_context(space, cpu.proc_state_context_va)
@@ -124,9 +124,67 @@ def plan_dump(facts: WindowsFacts, source: PhysicalSource) -> DumpPlan:
                                 "mapped; its registers are not written")
             else:
                 patches += p
-    if not contexts and source.cpus:
-        contexts[0] = context_from_note(source.cpus[0])
-    header_context = contexts.get(0) or next(iter(contexts.values()), bytes(CONTEXT_AMD64_SIZE))
+    return contexts, sources, patches, warnings
+
+
+def selector_only_context() -> bytes:
+    """A kernel-mode CONTEXT holding only Windows x64's kernel selectors (CS 0x10, SS 0x18, DS/ES/GS 0x2B,
+    FS 0x53), EFlags 0x202 and the default MXCSR: what the header carries when no processor's
+    registers are known, so that readers still see a Windows context and not zeros."""
+    ctx = CONTEXT_AMD64_STRUCT.parse(bytes(CONTEXT_AMD64_SIZE))
+    ctx.ContextFlags = CONTEXT_AMD64 | 0x5  # CONTROL | SEGMENTS
+    ctx.SegCs, ctx.SegSs = KERNEL_CODE_SELECTOR, KERNEL_CODE_SELECTOR + 8
+    ctx.SegDs = ctx.SegEs = ctx.SegGs = 0x2B
+    ctx.SegFs = 0x53
+    ctx.EFlags = 0x202
+    ctx.MxCsr = ctx.FltSave.MxCsr = MXCSR_DEFAULT
+    return CONTEXT_AMD64_STRUCT.build(ctx)
+
+
+def choose_header_context(contexts: Mapping[int, bytes], source: PhysicalSource) -> tuple[bytes, str | None]:
+    """(the header's ContextRecord, a warning or None): always a Windows x64 context (CS 0x10 or 0x33).
+
+    Processor 0's context, else the lowest-numbered processor that has one, else the first vCPU
+    note in long mode with a Windows code selector, else selector_only_context() with a warning.
+    """
+    if contexts:
+        return contexts.get(0) or contexts[min(contexts)], None
+    for note in source.cpus:
+        if cpu_mode(note) == "long" and note.cs.selector & 0xFFFF in WINDOWS_CODE_SELECTORS:
+            return context_from_note(note), None
+    return selector_only_context(), ("no processor's registers are known (no vCPU note in long mode, no saved "
+                                     "KPRCB context): the header context holds only kernel selectors")
+
+
+def plan_dump(facts: WindowsFacts, source: PhysicalSource, fmt: str = "full") -> DumpPlan:
+    """The header, patches and register sources of a DMP of ``source`` as ``facts`` describe it.
+
+    Each processor's registers come from its vCPU note in long mode, else from Windows' saved context
+    (processor_contexts); the header context is always a Windows one (choose_header_context);
+    PfnDataBase is MmPfnDatabase's value (the PFN array), as in Windows' own full, bitmap and kernel
+    dumps. ``fmt`` "kernel" also selects the kernel's pages (windows/kernel_memory.py). A guest that had not
+    crashed gets LIVE_SYSTEM_DUMP (0x161). More than MAX_RUNS64 runs are merged. Reads memory
+    through facts.kernel.space; changes neither argument. Raises WincrashError when the decoded
+    KDBG cannot be written back (its page is not mapped).
+    """
+    space = facts.kernel.space
+    kdbg = facts.kdbg
+    warnings: list[str] = []
+    patches: list[Patch] = []
+    if kdbg.encoded:
+        kdbg_patch = va_patch(space, kdbg.va, kdbg.plain)
+        if kdbg_patch is None:
+            raise WincrashError("the KDBG was decoded but its page is not mapped: cannot write it back")
+        patches += kdbg_patch
+    contexts, sources, context_patches, context_warnings = processor_contexts(facts, source)
+    patches += context_patches
+    warnings += context_warnings
+    header_context, header_warning = choose_header_context(contexts, source)
+    if header_warning:
+        warnings.append(header_warning)
+    pfn_database = space.read_u64(kdbg.mm_pfn_database)
+    if pfn_database is None:
+        warnings.append(f"MmPfnDatabase (0x{kdbg.mm_pfn_database:x}) is not readable: the header's PfnDataBase is 0")
     runs: Sequence[tuple[int, int]] = facts.runs
     if len(runs) > MAX_RUNS64:
         warnings.append(f"Windows describes {len(runs)} memory runs; merged into {MAX_RUNS64} (the gaps "
@@ -136,7 +194,7 @@ def plan_dump(facts: WindowsFacts, source: PhysicalSource) -> DumpPlan:
                                                                                           (0, 0, 0, 0))
     header = HeaderFields(
         build=facts.build, directory_table_base=facts.system_dtb or facts.dtb,
-        pfn_database=kdbg.mm_pfn_database, ps_loaded_module_list=kdbg.ps_loaded_module_list,
+        pfn_database=pfn_database or 0, ps_loaded_module_list=kdbg.ps_loaded_module_list,
         ps_active_process_head=kdbg.ps_active_process_head, kd_debugger_data_block=kdbg.va,
         number_processors=len(facts.cpus) or max(len(source.cpus), 1), bugcheck_code=code,
         bugcheck_parameters=params, runs=runs, context=header_context, system_time=facts.system_time,
@@ -145,4 +203,8 @@ def plan_dump(facts: WindowsFacts, source: PhysicalSource) -> DumpPlan:
         comment=f"wincrash {__version__}: {'live' if not facts.crashed else 'crash'} dump converted from "
                 f"{source.kind} without symbols",
     )
-    return DumpPlan(header, tuple(patches), MappingProxyType(sources), describe_bugcheck(code), tuple(warnings))
+    kernel_pages = None
+    if fmt == "kernel":
+        kernel_pages = select_kernel_pages(facts, source, runs, {pa // PAGE_SIZE for pa, _ in patches})
+    return DumpPlan(header, tuple(patches), MappingProxyType(sources), describe_bugcheck(code), tuple(warnings),
+                    kernel_pages)

@@ -1,87 +1,31 @@
-"""Write full (DumpType 1) and bitmap (DumpType 5 'FDMP') dumps from a physical memory source.
+"""Write DMP files from a physical memory source: full (DumpType 1) here, bitmap and kernel (DumpType 5
+'FDMP' / 'SDMP') in dmp/bitmap_writer.py.
 
-Bulk data never passes through Python when it does not have to: run ranges are mapped to input
-file offsets and copied with os.copy_file_range (holes in a sparse input are skipped with
+Bulk data never passes through Python when it does not have to: a full dump's run ranges are mapped
+to input file offsets and copied with os.copy_file_range (holes in a sparse input are skipped with
 SEEK_DATA, leaving holes in the output). Small patches (the decoded KDBG, the CPU contexts) are
-written over the copied pages afterwards; for bitmap dumps, zero pages are decided on the final
-image, so a patched page is always present.
+written over the copied pages afterwards.
 
 write_dump() carries out a DumpPlan (dmp/plan.py); nothing it is given is changed.
 """
 
 from __future__ import annotations
 
-import bisect
-import errno
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import BinaryIO
 
-from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.dmp.bitmap_writer import bitmap_layout, write_bitmap, write_kernel
+from wincrash.dmp.header import HeaderFields, build_header64
+from wincrash.dmp.pagecopy import WriteResult, apply_edits, copy_range, patch_pages
 from wincrash.dmp.plan import DumpPlan, Patch
-from wincrash.formats.dump import BITMAP_FULL_SIGNATURE, DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_FULL, PAGE_SIZE
+from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_FULL, PAGE_SIZE
 from wincrash.memory.source import PhysicalSource
 
-COPY_CHUNK = 64 << 20
-SCAN_CHUNK = 4 << 20
-ZERO_PAGE = bytes(PAGE_SIZE)
-FORMATS = ("full", "bitmap")
-BITMAP_SUMMARY_SIZE = 0x38
+FORMATS = ("full", "bitmap", "kernel")
 
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What a writer wrote: DumpType, file size in bytes, pages (4 KiB) in the runs / in the file / left
-    out as zero (bitmap), and the physical addresses of patches outside every run (not in the dump)."""
-
-    dump_type: int
-    file_size: int
-    pages_in_runs: int
-    pages_written: int
-    pages_left_out: int = 0
-    patches_lost: tuple[int, ...] = ()
-
-
-def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
-    """Copy bytes file to file in the kernel (copy_file_range), buffered when that is not possible."""
-    while length > 0:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, min(length, COPY_CHUNK), src_off, dst_off)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            n = 0
-        if n == 0:  # not supported here, or end of input: fall back to a buffered copy
-            data = os.pread(src_fd, min(length, COPY_CHUNK), src_off)
-            if not data:
-                return  # input ends early (truncated): the rest stays a hole (zeros)
-            os.pwrite(dst_fd, data, dst_off)
-            n = len(data)
-        src_off += n
-        dst_off += n
-        length -= n
-
-
-def patch_pages(patches: Iterable[Patch]) -> dict[int, list[tuple[int, bytes]]]:
-    """Split (pa, bytes) patches by page frame: {pfn: [(offset in page, bytes)]}."""
-    pages: dict[int, list[tuple[int, bytes]]] = {}
-    for pa, data in patches:
-        pos = 0
-        while pos < len(data):
-            page_off = (pa + pos) % PAGE_SIZE
-            n = min(len(data) - pos, PAGE_SIZE - page_off)
-            pages.setdefault((pa + pos) // PAGE_SIZE, []).append((page_off, data[pos:pos + n]))
-            pos += n
-    return pages
-
-
-def _apply(page: bytes, edits: list[tuple[int, bytes]]) -> bytes:
-    """``page`` with each (offset, bytes) edit written over it."""
-    buf = bytearray(page)
-    for off, data in edits:
-        buf[off:off + len(data)] = data
-    return bytes(buf)
+__all__ = ["FORMATS", "WriteResult", "bytes_needed", "write_dump", "write_full"]
 
 
 def _run_index(runs: Sequence[tuple[int, int]]) -> Callable[[int], int | None]:
@@ -113,25 +57,32 @@ def data_bytes_in_runs(source: PhysicalSource, runs: Sequence[tuple[int, int]]) 
 def bytes_needed(source: PhysicalSource, plan: DumpPlan, fmt: str) -> int:
     """At most how many bytes the output of ``plan`` in format ``fmt`` occupies on disk.
 
-    The input's data inside the runs (holes stay holes in a full dump and are left out of a bitmap
-    dump), plus the patched pages and the headers (and the bitmap).
+    Full and bitmap: the input's data inside the runs (holes stay holes), plus the patched pages and
+    the headers (and the bitmap). Kernel: every kept page plus the headers and the bitmap.
     """
     runs = plan.header.runs
+    if fmt == "kernel" and plan.kernel_pages is not None:
+        return bitmap_layout(runs, plan.kernel_pages.kept)[2]
     needed = data_bytes_in_runs(source, runs) + len(plan.patches) * PAGE_SIZE
     return (DUMP_HEADER64_SIZE if fmt == "full" else bitmap_layout(runs, 0)[1]) + needed
 
 
 def write_dump(source: PhysicalSource, plan: DumpPlan, fmt: str, out: BinaryIO,
                advance: Callable[[int], None]) -> WriteResult:
-    """Write ``plan`` over ``source``'s memory to ``out`` as a full (DumpType 1) or bitmap (DumpType 5) dump.
+    """Write ``plan`` over ``source``'s memory to ``out`` as a full (DumpType 1), complete bitmap or kernel
+    (DumpType 5) dump.
 
-    ``advance(n)`` is called with the bytes of runs done; ValueError for an unknown ``fmt``.
+    ``advance(n)`` is called with the bytes of pages done; ValueError for an unknown ``fmt`` or a kernel
+    dump whose plan selected no pages (plan_dump(..., fmt="kernel") does).
     """
     if fmt == "full":
         return write_full(source, plan.header, plan.patches, out, advance)
     if fmt == "bitmap":
         return write_bitmap(source, plan.header, plan.patches, out, advance)
-    raise ValueError(f"unknown dump format {fmt!r}: use {' or '.join(FORMATS)}")
+    if fmt == "kernel" and plan.kernel_pages is not None:
+        return write_kernel(source, plan.header, plan.patches, plan.kernel_pages, out, advance)
+    raise ValueError(f"cannot write a {fmt!r} dump of this plan: use {' or '.join(FORMATS)} (kernel needs a "
+                     "plan made with fmt='kernel')")
 
 
 def write_full(source: PhysicalSource, header: HeaderFields, patches: Sequence[Patch], out: BinaryIO,
@@ -160,101 +111,5 @@ def write_full(source: PhysicalSource, header: HeaderFields, patches: Sequence[P
             lost.append(pfn * PAGE_SIZE)
             continue
         at = DUMP_HEADER64_SIZE + i * PAGE_SIZE
-        os.pwrite(dst, _apply(os.pread(dst, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0"), edits), at)
+        os.pwrite(dst, apply_edits(os.pread(dst, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0"), edits), at)
     return WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages, 0, tuple(lost))
-
-
-def bitmap_layout(runs: Sequence[tuple[int, int]], npresent: int) -> tuple[int, int, int]:
-    """(total bitmap bits, first page's file offset in bytes, file size in bytes) of a bitmap dump."""
-    bits = max(b + c for b, c in runs)
-    bitmap_end = DUMP_HEADER64_SIZE + BITMAP_SUMMARY_SIZE + (bits + 7) // 8
-    first = (bitmap_end + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-    return bits, first, first + npresent * PAGE_SIZE
-
-
-def _bitmap_sources(source: PhysicalSource, base: int, count: int,
-                    patched: dict[int, list[tuple[int, bytes]]]) -> list[tuple[int, int | None, int]]:
-    """Page-aligned (pa, file offset or None, length) pieces of one run that may hold non-zero pages.
-
-    Data extents of the input, plus single zero pages that a patch makes non-zero, in address order.
-    """
-    pieces: list[tuple[int, int | None, int]] = list(source.page_extents(base * PAGE_SIZE, (base + count) * PAGE_SIZE))
-    starts = [pa for pa, _o, _n in pieces]
-    for pfn in patched:
-        if not base <= pfn < base + count:
-            continue
-        i = bisect.bisect_right(starts, pfn * PAGE_SIZE) - 1
-        if i >= 0 and pieces[i][0] <= pfn * PAGE_SIZE < pieces[i][0] + pieces[i][2]:
-            continue
-        pieces.append((pfn * PAGE_SIZE, None, PAGE_SIZE))
-    pieces.sort()
-    return pieces
-
-
-def _write_present(dst: int, data: memoryview, pa: int, edits: dict[int, list[tuple[int, bytes]]],
-                   bitmap: bytearray, offset: int) -> int:
-    """Write the non-zero pages of ``data`` (guest-physical ``pa``) at ``offset``; mark them; return how many.
-
-    Runs of present pages go to the kernel as slices of the read buffer (pwritev), so page data is
-    never copied in Python; only patched pages are rebuilt.
-    """
-    buffers: list[memoryview | bytes] = []
-    run_start = None
-    count = 0
-    for p in range(0, len(data), PAGE_SIZE):
-        pfn = (pa + p) // PAGE_SIZE
-        patched = edits.get(pfn)
-        if patched is None and data[p:p + PAGE_SIZE] != ZERO_PAGE:
-            if run_start is None:
-                run_start = p
-        else:
-            if run_start is not None:
-                buffers.append(data[run_start:p])
-                run_start = None
-            if patched is None:
-                continue
-            buffers.append(_apply(bytes(data[p:p + PAGE_SIZE]), patched))
-        bitmap[pfn >> 3] |= 1 << (pfn & 7)
-        count += 1
-    if run_start is not None:
-        buffers.append(data[run_start:])
-    for i in range(0, len(buffers), 512):  # IOV_MAX is 1024 on Linux
-        group = buffers[i:i + 512]
-        written = os.pwritev(dst, group, offset)
-        if written != sum(len(b) for b in group):
-            raise OSError(errno.EIO, "short write")
-        offset += written
-    return count
-
-
-def write_bitmap(source: PhysicalSource, header: HeaderFields, patches: Sequence[Patch], out: BinaryIO,
-                 advance: Callable[[int], None]) -> WriteResult:
-    """DumpType 5 ('FDMP') in one pass over the input; ``header`` is not changed.
-
-    The first page's file offset depends only on the bitmap's size (highest PFN + 1), so present
-    pages are written as they are found, each input byte read once; the header, summary and bitmap
-    are written last, when the count of present pages is known. Zero pages are decided on the final
-    image: a patched page is always present.
-    """
-    runs = sorted(header.runs)
-    bits, first, _ = bitmap_layout(runs, 0)
-    bitmap = bytearray((bits + 7) // 8)
-    edits = patch_pages(patches)
-    dst = out.fileno()
-    written = 0
-    for base, count in runs:
-        for pa, file_off, n in _bitmap_sources(source, base, count, edits):
-            for chunk_at in range(0, n, SCAN_CHUNK):
-                size = min(SCAN_CHUNK, n - chunk_at)
-                data = os.pread(source.fileno, size, file_off + chunk_at) if file_off is not None else bytes(size)
-                written += _write_present(dst, memoryview(data.ljust(size, b"\0")), pa + chunk_at, edits, bitmap,
-                                          first + written * PAGE_SIZE)
-        advance(count * PAGE_SIZE)
-    size = first + written * PAGE_SIZE
-    header = replace(header, dump_type=DUMP_TYPE_BITMAP, required_dump_space=size)
-    os.pwrite(dst, build_header64(header) + build_bitmap_summary(BITMAP_FULL_SIGNATURE, first, written, bits)
-              + bytes(bitmap), 0)
-    os.ftruncate(dst, size)
-    total = sum(c for _, c in runs)
-    lost = tuple(pfn * PAGE_SIZE for pfn in edits if not any(b <= pfn < b + c for b, c in runs))
-    return WriteResult(DUMP_TYPE_BITMAP, size, total, written, total - written, lost)

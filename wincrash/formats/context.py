@@ -1,4 +1,5 @@
-"""AMD64 CONTEXT (0x4D0 bytes), as WinDbg reads it from the dump header and from KPRCB.Context.
+"""Windows CONTEXT records as WinDbg reads them from the dump header and from KPRCB.Context:
+AMD64 (0x4D0 bytes), ARM64 (ARM64_NT_CONTEXT, 0x390 bytes) and x86 (0x2CC bytes), per winnt.h.
 
 The layout is fixed by the Windows ABI; offsets matter more than names, so each one used by
 wincrash is listed in tests/parsers/test_dump_structs.py.
@@ -7,6 +8,8 @@ wincrash is listed in tests/parsers/test_dump_structs.py.
 from __future__ import annotations
 
 from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+
+from wincrash.formats.layout import check_layout
 
 CONTEXT_AMD64_SIZE = 0x4D0
 
@@ -72,3 +75,71 @@ CONTEXT_AMD64_STRUCT = Struct(
     "LastExceptionToRip" / Int64ul,  # 0x4C0
     "LastExceptionFromRip" / Int64ul,  # 0x4C8
 )  # 0x4D0
+
+# --- layout checks at import (winnt.h; kdmp-parser static_asserts CONTEXT at 0x4D0) ----------------
+check_layout("XMM_SAVE_AREA32", XMM_SAVE_AREA32, 0x200, {"MxCsr": 0x18, "FloatRegisters": 0x20, "XmmRegisters": 0xA0})
+check_layout("CONTEXT", CONTEXT_AMD64_STRUCT, CONTEXT_AMD64_SIZE, {
+    "ContextFlags": 0x30, "MxCsr": 0x34, "SegCs": 0x38, "SegSs": 0x42, "EFlags": 0x44, "Dr0": 0x48, "Rax": 0x78,
+    "Rsp": 0x98, "R15": 0xF0, "Rip": 0xF8, "FltSave": 0x100, "VectorRegister": 0x300, "VectorControl": 0x4A0,
+    "LastExceptionFromRip": 0x4C8,
+})
+
+# --------------------------------------------------------------------------- ARM64 (winnt.h ARM64_NT_CONTEXT)
+
+CONTEXT_ARM64_SIZE = 0x390
+CONTEXT_ARM64 = 0x00400000  # ContextFlags architecture bit
+CONTEXT_ARM64_CONTROL = CONTEXT_ARM64 | 0x1  # Fp, Lr, Sp, Pc, Cpsr
+CONTEXT_ARM64_INTEGER = CONTEXT_ARM64 | 0x2  # X0-X28
+ARM64_MAX_BREAKPOINTS = 8
+ARM64_MAX_WATCHPOINTS = 2
+
+CONTEXT_ARM64_STRUCT = Struct(
+    "ContextFlags" / Int32ul,  # 0x000
+    "Cpsr" / Int32ul,  # 0x004 (PSTATE: NZCV, DAIF, mode bits M[4:0])
+    "X" / Array(29, Int64ul),  # 0x008 X0-X28
+    "Fp" / Int64ul,  # 0x0F0 X29
+    "Lr" / Int64ul,  # 0x0F8 X30
+    "Sp" / Int64ul,  # 0x100
+    "Pc" / Int64ul,  # 0x108
+    "V" / Array(32, M128A),  # 0x110 NEON registers
+    "Fpcr" / Int32ul,  # 0x310
+    "Fpsr" / Int32ul,  # 0x314
+    "Bcr" / Array(ARM64_MAX_BREAKPOINTS, Int32ul),  # 0x318
+    "Bvr" / Array(ARM64_MAX_BREAKPOINTS, Int64ul),  # 0x338
+    "Wcr" / Array(ARM64_MAX_WATCHPOINTS, Int32ul),  # 0x378
+    "Wvr" / Array(ARM64_MAX_WATCHPOINTS, Int64ul),  # 0x380
+)  # 0x390
+assert CONTEXT_ARM64_STRUCT.sizeof() == CONTEXT_ARM64_SIZE
+
+# --------------------------------------------------------------------------- x86 (winnt.h CONTEXT for i386)
+
+CONTEXT_X86_SIZE = 0x2CC
+CONTEXT_I386 = 0x00010000  # ContextFlags architecture bit
+SIZE_OF_80387_REGISTERS = 80
+MAXIMUM_SUPPORTED_EXTENSION = 512
+
+FLOATING_SAVE_AREA = Struct(
+    "ControlWord" / Int32ul, "StatusWord" / Int32ul, "TagWord" / Int32ul,  # 0x00
+    "ErrorOffset" / Int32ul, "ErrorSelector" / Int32ul,  # 0x0C
+    "DataOffset" / Int32ul, "DataSelector" / Int32ul,  # 0x14
+    "RegisterArea" / Bytes(SIZE_OF_80387_REGISTERS),  # 0x1C
+    "Cr0NpxState" / Int32ul,  # 0x6C
+)  # 0x70
+
+CONTEXT_X86_STRUCT = Struct(
+    "ContextFlags" / Int32ul,  # 0x00
+    "Dr0" / Int32ul, "Dr1" / Int32ul, "Dr2" / Int32ul, "Dr3" / Int32ul,  # 0x04
+    "Dr6" / Int32ul, "Dr7" / Int32ul,  # 0x14
+    "FloatSave" / FLOATING_SAVE_AREA,  # 0x1C
+    "SegGs" / Int32ul, "SegFs" / Int32ul, "SegEs" / Int32ul, "SegDs" / Int32ul,  # 0x8C
+    "Edi" / Int32ul, "Esi" / Int32ul, "Ebx" / Int32ul,  # 0x9C
+    "Edx" / Int32ul, "Ecx" / Int32ul, "Eax" / Int32ul,  # 0xA8
+    "Ebp" / Int32ul,  # 0xB4
+    "Eip" / Int32ul,  # 0xB8
+    "SegCs" / Int32ul,  # 0xBC
+    "EFlags" / Int32ul,  # 0xC0
+    "Esp" / Int32ul,  # 0xC4
+    "SegSs" / Int32ul,  # 0xC8
+    "ExtendedRegisters" / Bytes(MAXIMUM_SUPPORTED_EXTENSION),  # 0xCC (FXSAVE image)
+)  # 0x2CC
+assert CONTEXT_X86_STRUCT.sizeof() == CONTEXT_X86_SIZE

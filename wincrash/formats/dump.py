@@ -9,7 +9,11 @@ hold the 'PAGE' fill instead of a descriptor.
 
 from __future__ import annotations
 
-from construct import Array, Bytes, Const, Int8ul, Int32ul, Int64ul, Struct
+from enum import IntEnum
+
+from construct import Array, Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+
+from wincrash.formats.layout import check_layout
 
 PAGE_SIZE = 0x1000
 PAGE_PATTERN_U32 = 0x45474150  # b'PAGE' read as a little-endian u32
@@ -19,26 +23,59 @@ DUMP_SIGNATURE64 = b"PAGEDU64"
 DUMP_SIGNATURE32 = b"PAGEDUMP"
 DUMP_HEADER64_SIZE = 0x2000
 DUMP_HEADER32_SIZE = 0x1000
-MAX_RUNS64 = 42  # runs that fit in PhysicalMemoryBlockBuffer (0x2C0 - 0x10) / 0x10
+MAX_RUNS64 = 42  # runs Windows and DESIGN §3 allow in PhysicalMemoryBlockBuffer (0x2C0 bytes, 0x10 head)
 MAX_RUNS32 = 86
 
-# DumpType values
-DUMP_TYPE_FULL = 1
-DUMP_TYPE_KERNEL = 2  # legacy summary (kernel) dump
-DUMP_TYPE_TRIAGE = 4
-DUMP_TYPE_BITMAP = 5
-DUMP_TYPE_LIVE_KERNEL_BITMAP = 6
+
+
+class DumpType(IntEnum):
+    """DUMP_HEADER.DumpType (u32 at 0xF98 / 0xF88), as kdmp-parser's DumpType_t and DbgEng name them.
+
+    1-6 are what Windows' crash dump driver writes; 8-10 are what current WinDbg's `.dump /ka`,
+    `/k` and `/f` write (`info` summarises their 'RDMP' layout; convert refuses them by name).
+    """
+
+    FULL = 1  # complete memory dump, pages of each run back to back after the header
+    KERNEL = 2  # legacy summary (kernel) dump
+    TRIAGE = 4  # small memory dump / minidump
+    BITMAP = 5  # 'FDMP' / 'SDMP' summary header and a page bitmap
+    LIVE_KERNEL_BITMAP = 6  # live kernel dump (bitmap layout)
+    KERNEL_MEMORY = 8
+    KERNEL_AND_USER_MEMORY = 9
+    COMPLETE_MEMORY = 10
+
+
+class MachineType(IntEnum):
+    """DUMP_HEADER.MachineImageType: IMAGE_FILE_MACHINE_* from the PE/COFF specification."""
+
+    I386 = 0x014C
+    AMD64 = 0x8664
+    ARM64 = 0xAA64
+
+
+DUMP_TYPE_FULL = int(DumpType.FULL)
+DUMP_TYPE_KERNEL = int(DumpType.KERNEL)
+DUMP_TYPE_TRIAGE = int(DumpType.TRIAGE)
+DUMP_TYPE_BITMAP = int(DumpType.BITMAP)
+DUMP_TYPE_LIVE_KERNEL_BITMAP = int(DumpType.LIVE_KERNEL_BITMAP)
+DUMP_TYPE_KERNEL_MEMORY = int(DumpType.KERNEL_MEMORY)  # 'RDMP' layout (KernelMemoryDump, `.dump /k`)
+DUMP_TYPE_KERNEL_AND_USER_MEMORY = int(DumpType.KERNEL_AND_USER_MEMORY)  # 'RDMP' layout (`.dump /ka`)
+DUMP_TYPE_COMPLETE_MEMORY = int(DumpType.COMPLETE_MEMORY)  # 'RDMP' layout (CompleteMemoryDump, `.dump /f`)
+RDMP_TYPES = (DUMP_TYPE_KERNEL_MEMORY, DUMP_TYPE_KERNEL_AND_USER_MEMORY, DUMP_TYPE_COMPLETE_MEMORY)
 DUMP_TYPE_NAMES = {
     DUMP_TYPE_FULL: "full (complete memory dump)",
     DUMP_TYPE_KERNEL: "kernel (summary dump)",
     DUMP_TYPE_TRIAGE: "triage (small memory dump / minidump)",
     DUMP_TYPE_BITMAP: "bitmap",
     DUMP_TYPE_LIVE_KERNEL_BITMAP: "live kernel bitmap",
+    DUMP_TYPE_KERNEL_MEMORY: "kernel memory dump ('RDMP' layout)",
+    DUMP_TYPE_KERNEL_AND_USER_MEMORY: "kernel and user memory dump ('RDMP' layout)",
+    DUMP_TYPE_COMPLETE_MEMORY: "complete memory dump ('RDMP' layout)",
 }
 
-MACHINE_AMD64 = 0x8664
-MACHINE_I386 = 0x014C
-MACHINE_ARM64 = 0xAA64
+MACHINE_AMD64 = int(MachineType.AMD64)
+MACHINE_I386 = int(MachineType.I386)
+MACHINE_ARM64 = int(MachineType.ARM64)
 MACHINE_NAMES = {MACHINE_AMD64: "x64", MACHINE_I386: "x86", MACHINE_ARM64: "ARM64"}
 
 PHYSICAL_MEMORY_RUN64 = Struct("BasePage" / Int64ul, "PageCount" / Int64ul)
@@ -164,3 +201,57 @@ BITMAP_SUMMARY_HEADER = Struct(
     "TotalPresentPages" / Int64ul,  # 0x28
     "Pages" / Int64ul,  # 0x30 number of bits in the bitmap (highest PFN + 1)
 )  # bitmap at 0x38, LSB first
+
+# DumpType 8, 9 and 10: an 'RDMP' summary at 0x2000, a list of physical page ranges, then the
+# pages of those ranges back to back from FirstPageOffset. Layout as kdmp-parser reads it
+# (src/lib/kdmp-parser-structs.h: RDMP_HEADER64, KERNEL_RDMP_HEADER64, FULL_RDMP_HEADER64).
+RDMP_MARKER = 0x40
+RDMP_SIGNATURE = b"RDMP"
+RDMP_HEADER_SIZE = 0x20
+RDMP_SUMMARY_SIZE = 0x30  # the page ranges start here, relative to the summary
+RDMP_HEADER = Struct(
+    "Marker" / Int32ul,  # 0x00 0x40
+    "Signature" / Bytes(4),  # 0x04 'RDMP'
+    "ValidDump" / Bytes(4),  # 0x08 'DUMP'
+    "Unused" / Int32ul,  # 0x0C
+    "MetadataSize" / Int64ul,  # 0x10 bytes of metadata from 0x20 on: FirstPageOffset == 0x2020 + MetadataSize
+    "FirstPageOffset" / Int64ul,  # 0x18 file offset of the first page
+)  # 0x20
+RDMP_KERNEL_SUMMARY = Struct(  # DumpType 8 and 9
+    "Header" / RDMP_HEADER,  # 0x00
+    "Unknown1" / Int64ul,  # 0x20
+    "Unknown2" / Int64ul,  # 0x28
+)  # 0x30
+RDMP_COMPLETE_SUMMARY = Struct(  # DumpType 10
+    "Header" / RDMP_HEADER,  # 0x00
+    "NumberOfRanges" / Int32ul,  # 0x20
+    "Unknown1" / Int16ul,  # 0x24
+    "Unknown2" / Int16ul,  # 0x26
+    "TotalNumberOfPages" / Int64ul,  # 0x28
+)  # 0x30
+RDMP_PFN_RANGE = Struct("BasePage" / Int64ul, "PageCount" / Int64ul)  # 0x10 each, from summary + 0x30
+
+# --- layout checks at import (offsets from ../shared/DESIGN.md §3, kdmp-parser's static_asserts) -----
+check_layout("PHYSICAL_MEMORY_RUN64", PHYSICAL_MEMORY_RUN64, 0x10)
+check_layout("PHYSICAL_MEMORY_DESCRIPTOR64_HEAD", PHYSICAL_MEMORY_DESCRIPTOR64_HEAD, 0x10, {"NumberOfPages": 0x8})
+check_layout("PHYSICAL_MEMORY_RUN32", PHYSICAL_MEMORY_RUN32, 0x8)
+check_layout("PHYSICAL_MEMORY_DESCRIPTOR32_HEAD", PHYSICAL_MEMORY_DESCRIPTOR32_HEAD, 0x8)
+check_layout("EXCEPTION_RECORD64", EXCEPTION_RECORD64, 0x98, {"NumberParameters": 0x18, "ExceptionInformation": 0x20})
+check_layout("EXCEPTION_RECORD32", EXCEPTION_RECORD32, 0x50)
+check_layout("DUMP_HEADER64", DUMP_HEADER64, DUMP_HEADER64_SIZE, {
+    "MajorVersion": 0x8, "DirectoryTableBase": 0x10, "PfnDataBase": 0x18, "PsLoadedModuleList": 0x20,
+    "PsActiveProcessHead": 0x28, "MachineImageType": 0x30, "NumberProcessors": 0x34, "BugCheckCode": 0x38,
+    "BugCheckParameter": 0x40, "KdDebuggerDataBlock": 0x80, "PhysicalMemoryBlockBuffer": 0x88,
+    "ContextRecordBuffer": 0x348, "Exception": 0xF00, "DumpType": 0xF98, "RequiredDumpSpace": 0xFA0,
+    "SystemTime": 0xFA8, "Comment": 0xFB0, "SystemUpTime": 0x1030, "MiniDumpFields": 0x1038,
+    "SecondaryDataState": 0x103C, "ProductType": 0x1040, "SuiteMask": 0x1044, "WriterStatus": 0x1048,
+    "KdSecondaryVersion": 0x104D, "Attributes": 0x1050, "BootId": 0x1054,
+})
+check_layout("DUMP_HEADER32", DUMP_HEADER32, DUMP_HEADER32_SIZE, {
+    "KdDebuggerDataBlock": 0x60, "PhysicalMemoryBlockBuffer": 0x64, "ContextRecordBuffer": 0x320,
+    "Exception": 0x7D0, "DumpType": 0xF88, "RequiredDumpSpace": 0xFA0, "SystemUpTime": 0xFB8, "SystemTime": 0xFC0,
+})
+check_layout("BITMAP_SUMMARY_HEADER", BITMAP_SUMMARY_HEADER, BITMAP_SUMMARY_HEADER_SIZE,
+             {"FirstPage": 0x20, "TotalPresentPages": 0x28, "Pages": 0x30})
+if 0x10 + MAX_RUNS64 * 0x10 > 0x2C0 or 0x8 + MAX_RUNS32 * 0x8 > 700:
+    raise AssertionError("MAX_RUNS64 / MAX_RUNS32 runs do not fit in PhysicalMemoryBlockBuffer")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from construct import Array, Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
+from wincrash.formats.layout import check_layout
+
 # --- constants -----------------------------------------------------------------------------------
 ELFMAG = b"\x7fELF"
 ELFCLASS64 = 2
@@ -138,3 +140,13 @@ X86_64_ElfPrstatus = Struct(
     "regs" / X86_64_UserRegs,  # 0x70
     "pad3" / Bytes(8),  # 0x148
 )  # 0x150 = 336
+
+# --- layout checks at import (ELF gABI; QEMU target/i386/arch_dump.c) -----------------------------
+check_layout("Elf64_Ehdr", Elf64_Ehdr, ELF64_EHDR_SIZE, {"e_type": 0x10, "e_phoff": 0x20, "e_phnum": 0x38})
+check_layout("Elf64_Phdr", Elf64_Phdr, ELF64_PHDR_SIZE, {"p_offset": 0x8, "p_paddr": 0x18, "p_memsz": 0x28})
+check_layout("Elf64_Nhdr", Elf64_Nhdr, ELF64_NHDR_SIZE)
+check_layout("QEMUCPUSegment", QEMUCPUSegment, 0x18, {"base": 0x10})
+check_layout("QEMUCPUState", QEMUCPUState, QEMU_CPUSTATE_SIZE, {"rip": 0x88, "cs": 0x98, "cr": 0x188,
+                                                               "kernel_gs_base": 0x1B0})
+check_layout("x86_64_elf_prstatus", X86_64_ElfPrstatus, X86_64_PRSTATUS_SIZE, {"pid": 0x20,
+                                                                               "regs": X86_64_PRSTATUS_REGS_OFFSET})

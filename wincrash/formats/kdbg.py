@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from construct import Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from wincrash.formats.layout import check_layout
+
 KDBG_OWNER_TAG = b"KDBG"
 KDDEBUGGER_DATA64_SIZE = 0x380
 DBGKD_GET_VERSION64_SIZE = 0x28
@@ -128,3 +130,19 @@ DBGKD_VERS_FLAG_NOMM = 0x8
 DBGKD_VERS_FLAG_HSS = 0x10
 DBGKD_VERS_FLAG_PARTITIONS = 0x20
 DBGKD_VERS_FLAG_HAL_IN_NTOS = 0x40
+
+# --- layout checks at import (wdbgexts.h; ../shared/DESIGN.md §3) ---------------------------------
+check_layout("DBGKD_DEBUG_DATA_HEADER64", DBGKD_DEBUG_DATA_HEADER64, 0x18, {"OwnerTag": 0x10, "Size": 0x14})
+check_layout("KDDEBUGGER_DATA64", KDDEBUGGER_DATA64, KDDEBUGGER_DATA64_SIZE, {
+    "KernBase": 0x18, "PsLoadedModuleList": 0x48, "PsActiveProcessHead": 0x50, "PspCidTable": 0x58,
+    "KiBugcheckData": 0x88, "MmPfnDatabase": 0xC0, "MmHighestPhysicalPage": 0xF0, "KdPrintCircularBuffer": 0x1E0,
+    "NtBuildLab": 0x208, "KiProcessorBlock": 0x218, "MmUnloadedDrivers": 0x220, "MmPhysicalMemoryBlock": 0x270,
+    "OffsetKThreadNextProcessor": 0x298, "SizeEProcess": 0x2A8, "SizePrcb": 0x2B0, "OffsetPrcbCurrentThread": 0x2B4,
+    "OffsetPrcbProcStateContext": 0x2BC, "OffsetPrcbNumber": 0x2BE, "KeLoaderBlock": 0x2D8, "SizePcr": 0x2E0,
+    "IopNumTriageDumpDataBlocks": 0x308, "OffsetPrcbContext": 0x338, "OffsetKThreadStackLimit": 0x340,
+    "OffsetPrcbIdleThread": 0x350, "PteBase": 0x360, "OffsetEProcessMmHotPatchContext": 0x37C,
+})
+check_layout("DBGKD_GET_VERSION64", DBGKD_GET_VERSION64, DBGKD_GET_VERSION64_SIZE, {
+    "MinorVersion": 0x2, "KdSecondaryVersion": 0x5, "MachineType": 0x8, "KernBase": 0x10,
+    "PsLoadedModuleList": 0x18, "DebuggerDataList": 0x20,
+})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from construct import Bytes, Int32ul, Int64ul, Struct
 
+from wincrash.formats.layout import check_layout
+
 TRIAGE_VALID = b"TRGD"  # stored at ValidOffset
 
 TRIAGE_DUMP64 = Struct(
@@ -62,3 +64,10 @@ DUMP_DRIVER_ENTRY64 = Struct(
 DUMP_STRING_HEAD = Struct("Length" / Int32ul)
 
 TRIAGE_DATA_BLOCK64 = Struct("Address" / Int64ul, "Offset" / Int32ul, "Size" / Int32ul)  # 0x10
+
+# --- layout checks at import (checked against ../shared/samples/real/triage_x64.dmp) --------------
+check_layout("TRIAGE_DUMP64", TRIAGE_DUMP64, 0x80, {"DriverListOffset": 0x30, "DataPageAddress": 0x60,
+                                                    "DebuggerDataOffset": 0x70, "DataBlocksCount": 0x7C})
+check_layout("DUMP_DRIVER_ENTRY64", DUMP_DRIVER_ENTRY64, DUMP_DRIVER_ENTRY64_SIZE, {"DllBase": 0x38,
+                                                                                    "SizeOfImage": 0x48})
+check_layout("TRIAGE_DATA_BLOCK64", TRIAGE_DATA_BLOCK64, 0x10)

@@ -66,13 +66,10 @@ def _describe(fh: BinaryIO, path: str, size: int) -> Report:
 
 
 def _describe_dump_or_pagefile(fh: BinaryIO, path: str, size: int) -> Report:
-    from wincrash.info.dmpfile import describe_dmp, dump_extent
+    from wincrash.info.dmpfile import describe_dmp
 
     report = describe_dmp(fh, path, size)
-    try:
-        extent = dump_extent(fh)
-    except WincrashError:
-        extent = None
+    extent = report.sections["header"].get("extent")
     # Windows writes the crash dump at the start of pagefile.sys, whose size is a whole number of
     # MiB; a dump file ends where its header says. A larger MiB-multiple file is a pagefile.
     if extent is not None and size > extent and size % MIB == 0:

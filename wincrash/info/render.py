@@ -11,6 +11,7 @@ from rich.table import Table
 from wincrash.info.report import Report
 
 TABLE_SECTIONS = {"runs", "drivers", "cpus", "segments"}
+TEXT_ROWS_SHOWN = 10  # text output shows this many rows of a long table; --json has every row
 
 
 def print_report(report: Report, as_json: bool = False, console: Console | None = None) -> None:
@@ -38,7 +39,7 @@ def print_report(report: Report, as_json: bool = False, console: Console | None 
 
 def _print_section(console: Console, section: Any, indent: str = "  ") -> None:
     if isinstance(section, list):
-        _print_rows(console, section, indent)
+        _print_rows(console, section, indent, "rows")
         return
     if not isinstance(section, dict):
         console.print(f"{indent}{section}")
@@ -47,7 +48,7 @@ def _print_section(console: Console, section: Any, indent: str = "  ") -> None:
     for key, value in section.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
             console.print(f"{indent}{key}:")
-            _print_rows(console, value, indent + "  ")
+            _print_rows(console, value, indent + "  ", key.replace("_", " "))
         elif isinstance(value, dict):
             console.print(f"{indent}{key}:")
             _print_section(console, value, indent + "  ")
@@ -56,7 +57,9 @@ def _print_section(console: Console, section: Any, indent: str = "  ") -> None:
             console.print(f"{indent}{key.ljust(width)}  {shown}")
 
 
-def _print_rows(console: Console, rows: list[Any], indent: str) -> None:
+def _print_rows(console: Console, rows: list[Any], indent: str, what: str) -> None:
+    """A table of ``rows`` (dicts with the same keys); past TEXT_ROWS_SHOWN rows, the first ones and
+    a line saying how many of how many ``what`` are shown."""
     if not rows:
         console.print(f"{indent}(none)")
         return
@@ -67,6 +70,8 @@ def _print_rows(console: Console, rows: list[Any], indent: str) -> None:
     table.add_column("", no_wrap=True)  # indent
     for key in rows[0]:
         table.add_column(key)
-    for row in rows:
+    for row in rows[:TEXT_ROWS_SHOWN]:
         table.add_row(indent, *(str(row.get(k, "")) for k in rows[0]))
     console.print(table)
+    if len(rows) > TEXT_ROWS_SHOWN:
+        console.print(f"{indent}({TEXT_ROWS_SHOWN} of {len(rows)} {what} shown; --json has them all)")

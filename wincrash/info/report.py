@@ -29,6 +29,11 @@ def filetime_to_iso(value: int) -> str | None:
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def hx(value: int) -> str:
+    """Addresses are shown and stored in JSON as 0x-prefixed hex, as WinDbg shows them."""
+    return f"0x{value:x}"
+
+
 def duration_100ns(value: int) -> str:
     """An uptime in 100 ns units as 'Nd HH:MM:SS'."""
     seconds = value // 10_000_000
@@ -70,4 +75,4 @@ class Report:
         }
 
 
-__all__ = ["Report", "filetime_to_iso", "duration_100ns", "EXIT_ERROR"]
+__all__ = ["Report", "filetime_to_iso", "duration_100ns", "hx", "EXIT_ERROR"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from construct import Container
@@ -37,20 +38,13 @@ from wincrash.formats.elf import (
     X86_64_ElfPrstatus,
     note_pad,
 )
+from wincrash.memory.segments import MemoryMap, Segment
+
+__all__ = ["ElfLayout", "QemuElf", "Segment", "cpu_mode", "cpu_summary", "machine_name", "read_elf_layout"]
 
 MAX_NOTES_BYTES = 64 << 20  # a 4096-vCPU guest needs ~3 MiB of notes; more means a corrupt header
 MAX_PHDRS = 4096
 CR0_PE = 1
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One PT_LOAD: guest-physical [paddr, paddr+size) stored at file offset ``offset``."""
-
-    paddr: int
-    size: int
-    offset: int
-    filesz: int  # bytes present in the file (< size when the ELF is truncated)
 
 
 @dataclass
@@ -144,3 +138,23 @@ def cpu_summary(index: int, cpu: Container) -> dict[str, Any]:
         "kernel_gs_base": f"0x{cpu.kernel_gs_base:x}",
         "idt_base": f"0x{cpu.idt.base:x}",
     }
+
+
+class QemuElf:
+    """Container format: a QEMU `dump-guest-memory` ELF core (PT_LOAD per RAM block, QEMU CPU notes)."""
+
+    kind = "qemu-elf"
+
+    @staticmethod
+    def detect(head: bytes, size: int) -> bool:
+        """ELF magic at offset 0."""
+        return head[:4] == b"\x7fELF"
+
+    @staticmethod
+    def map(path: Path, fh: BinaryIO, size: int) -> MemoryMap:
+        """The PT_LOAD segments and vCPU notes; WincrashError when the core holds no memory."""
+        layout = read_elf_layout(fh, size)
+        if not layout.segments:
+            raise WincrashError(f"{path}: ELF core without memory segments")
+        return MemoryMap(QemuElf.kind, list(layout.segments), tuple(layout.cpus), layout.machine,
+                         tuple(layout.missing_ranges))

@@ -10,60 +10,27 @@ Windows' own KPRCB state.
 from __future__ import annotations
 
 import os
-from array import array
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, overload
+from typing import BinaryIO
 
 from wincrash.errors import WincrashError
-from wincrash.memory.qemu_elf import Segment
+from wincrash.formats.dump import MachineType
+from wincrash.memory.segments import MemoryMap, PackedSegments, Segment, segment_starts
 
+__all__ = ["PackedSegments", "QemuSavevm", "savevm_segments", "segment_starts"]
 
-class PackedSegments(Sequence[Segment]):
-    """Many page-sized segments in three arrays (24 bytes a page instead of a Python object)."""
-
-    def __init__(self) -> None:
-        self.paddr = array("Q")
-        self.size = array("Q")
-        self.offset = array("Q")
-
-    def append(self, seg: Segment) -> None:
-        if self.paddr and self.paddr[-1] + self.size[-1] == seg.paddr and \
-                self.offset[-1] + self.size[-1] == seg.offset:
-            self.size[-1] += seg.size  # contiguous in memory and in the file: one segment
-            return
-        self.paddr.append(seg.paddr)
-        self.size.append(seg.size)
-        self.offset.append(seg.offset)
-
-    def __len__(self) -> int:
-        return len(self.paddr)
-
-    @overload
-    def __getitem__(self, i: int) -> Segment: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Segment]: ...
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return Segment(self.paddr[i], self.size[i], self.offset[i], self.size[i])
-
-    def __iter__(self) -> Iterator[Segment]:
-        return (self[i] for i in range(len(self)))
-
-    def sort(self, key=None) -> None:  # noqa: ANN001 - already sorted: pages arrive in address order per block
-        order = sorted(range(len(self)), key=lambda i: self.paddr[i])
-        if order != list(range(len(self))):
-            self.paddr, self.size, self.offset = (array("Q", (a[i] for i in order))
-                                                  for a in (self.paddr, self.size, self.offset))
+PAGE = 0x1000
 
 
 def savevm_segments(path: Path, fh: BinaryIO) -> tuple[PackedSegments, int]:
-    """(segments, number of pages QEMU sent with a non-zero fill byte) of a QEVM stream."""
+    """(segments, number of pages QEMU sent with a non-zero fill byte) of a QEVM stream.
+
+    Raises WincrashError for a stream volatility3 cannot read: volatility3 raises LayerException,
+    but also JSONDecodeError, UnicodeDecodeError, ValueError or KeyError on a truncated or damaged
+    stream (the vmstate JSON at its end), all of which mean the same to the user.
+    """
     try:
         from volatility3.framework import contexts
-        from volatility3.framework.exceptions import LayerException
         from volatility3.framework.layers.physical import FileLayer
         from volatility3.framework.layers.qemu import QemuSuspendLayer
     except ImportError as exc:  # pragma: no cover - volatility3 is a dependency
@@ -75,20 +42,33 @@ def savevm_segments(path: Path, fh: BinaryIO) -> tuple[PackedSegments, int]:
     try:
         layer = QemuSuspendLayer(ctx, "wincrash_qemu", "wincrash_qemu")
         mappings = list(layer.mapping(0, layer.maximum_address + 1, ignore_errors=True))
-    except LayerException as exc:
-        raise WincrashError(f"{path}: not a QEMU savevm stream volatility3 can read ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure inside volatility3's parser means a damaged stream
+        detail = " ".join(str(exc).split())[:160] or exc.__class__.__name__
+        raise WincrashError(f"{path}: not a QEMU savevm stream volatility3 can read (truncated or damaged: "
+                            f"{detail})") from None
     segments = PackedSegments()
     nonzero_fill = 0
     for offset, length, mapped_offset, mapped_length, _layer in mappings:
         if mapped_length == length:
             segments.append(Segment(offset, length, mapped_offset, length))
         elif os.pread(fh.fileno(), 1, mapped_offset) != b"\0":  # a page QEMU sent as one fill byte
-            nonzero_fill += length // 0x1000
+            nonzero_fill += length // PAGE
     return segments, nonzero_fill
 
 
-def segment_starts(segments: Sequence[Segment]) -> Sequence[int]:
-    """Start addresses for bisect, without building a list for packed segments."""
-    return segments.paddr if isinstance(segments, PackedSegments) else [s.paddr for s in segments]
+class QemuSavevm:
+    """Container format: a QEMU savevm/migration stream ('QEVM'), read through volatility3."""
 
+    kind = "qemu-savevm"
 
+    @staticmethod
+    def detect(head: bytes, size: int) -> bool:
+        """'QEVM' magic at offset 0."""
+        return head[:4] == b"QEVM"
+
+    @staticmethod
+    def map(path: Path, fh: BinaryIO, size: int) -> MemoryMap:
+        """The stream's raw RAM pages as segments; pages sent as a fill byte read as zeros (noted)."""
+        segments, nonzero_fill = savevm_segments(path, fh)
+        notes = (f"{nonzero_fill} pages stored with a non-zero fill byte read as zeros",) if nonzero_fill else ()
+        return MemoryMap(QemuSavevm.kind, segments, (), int(MachineType.AMD64), None, notes)

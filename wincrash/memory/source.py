@@ -1,5 +1,8 @@
 """Physical memory sources: guest-physical ranges mapped to byte ranges of an input file.
 
+open_source() detects the container format by content (FORMATS, one class per format, each only
+mapping guest-physical ranges to file ranges) and wraps its MemoryMap in a PhysicalSource.
+
 Analysis reads small pieces (read()), the writers copy whole ranges kernel-side from the file
 (extents()), so a multi-GiB conversion never pulls every page through Python. Absent memory reads
 as zeros, which is what a guest page that QEMU did not dump (or a hole in a sparse file) holds.
@@ -13,13 +16,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from construct import Container
 
-from wincrash.errors import WincrashError
 from wincrash.inputs import open_input
-from wincrash.memory.qemu_elf import ElfLayout, Segment, read_elf_layout
+from wincrash.memory.dmp import Dmp
+from wincrash.memory.qemu_elf import QemuElf
+from wincrash.memory.raw import Raw, Unconvertible
+from wincrash.memory.savevm import QemuSavevm
+from wincrash.memory.segments import MemoryMap, Segment, segment_starts
 
 PAGE = 0x1000
 
@@ -30,7 +36,7 @@ class PhysicalSource:
 
     path: Path
     fh: BinaryIO
-    kind: str  # qemu-elf, raw, dmp
+    kind: str  # qemu-elf, qemu-savevm, raw, dmp
     segments: list[Segment]
     cpus: list[Container]  # QEMU CPU states (empty when the format has none)
     machine: int = 0
@@ -38,8 +44,6 @@ class PhysicalSource:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from wincrash.memory.savevm import segment_starts
-
         self.segments.sort(key=lambda s: s.paddr)
         self._starts = segment_starts(self.segments)
 
@@ -135,68 +139,42 @@ class PhysicalSource:
             pos = hole
 
 
+class ContainerFormat(Protocol):
+    """One input container format: detection by content, then a map of guest-physical ranges to file ranges."""
+
+    kind: str
+
+    @staticmethod
+    def detect(head: bytes, size: int) -> bool:
+        """True when the file's first 16 bytes ``head`` (and its ``size`` in bytes) are this format's."""
+
+    @staticmethod
+    def map(path: Path, fh: BinaryIO, size: int) -> MemoryMap:
+        """Where the guest's memory lies in the file; WincrashError when it cannot be read."""
+
+
+# Tried in order; the first whose detect() accepts the file reads it. Raw accepts anything.
+FORMATS: tuple[type[ContainerFormat], ...] = (QemuElf, QemuSavevm, Dmp, Unconvertible, Raw)
+
+
+def detect_format(head: bytes, size: int) -> type[ContainerFormat]:
+    """The container format of a file that starts with ``head`` (16 bytes) and holds ``size`` bytes."""
+    return next(fmt for fmt in FORMATS if fmt.detect(head, size))
+
+
 def open_source(path: Path) -> PhysicalSource:
-    """Open a memory image read-only and map it; the format is recognised by content."""
+    """Open a memory image read-only and map it; the format is recognised by content.
+
+    Raises WincrashError for an unreadable file, a format that cannot be converted, or a container
+    whose headers the file cannot hold. The returned source owns the open file (close ``fh``).
+    """
     fh, size = open_input(path)
-    magic = os.pread(fh.fileno(), 8, 0)
-    if magic[:4] == b"\x7fELF":
-        layout: ElfLayout = read_elf_layout(fh, size)
-        if not layout.segments:
-            fh.close()
-            raise WincrashError(f"{path}: ELF core without memory segments")
-        return PhysicalSource(path, fh, "qemu-elf", list(layout.segments), list(layout.cpus), layout.machine,
-                              layout.missing_ranges)
-    if magic in (b"PAGEDU64",):
-        return _open_dmp(path, fh, size)
-    if magic[:4] == b"QEVM":
-        from wincrash.memory.savevm import savevm_segments
-
-        segments, nonzero_fill = savevm_segments(path, fh)
-        source = PhysicalSource(path, fh, "qemu-savevm", segments, [], 0x8664)  # type: ignore[arg-type]
-        if nonzero_fill:
-            source.notes.append(f"{nonzero_fill} pages stored with a non-zero fill byte read as zeros")
-        return source
-    if magic[:4] in (b"MDMP", b"PAGE", b"HIBR", b"hibr") or magic == b"KDUMP   ":
+    try:
+        fmt = detect_format(os.pread(fh.fileno(), 16, 0), size)
+        mapped = fmt.map(path, fh, size)
+    except BaseException:
         fh.close()
-        raise WincrashError(f"{path}: this input format cannot be converted (use a QEMU "
-                            "dump-guest-memory ELF, a savevm stream, a raw memory image or a 64-bit full/bitmap DMP)")
-    # Anything else is taken as a raw physical memory image starting at address 0.
-    if size < PAGE:
-        fh.close()
-        raise WincrashError(f"{path}: too small to be a memory image ({size} bytes)")
-    return PhysicalSource(path, fh, "raw", [Segment(0, size, 0, size)], [])
-
-
-def _open_dmp(path: Path, fh: BinaryIO, size: int) -> PhysicalSource:
-    """An existing full or bitmap DMP as a memory source (to re-write or repair it)."""
-    from wincrash.formats.dump import BITMAP_SUMMARY_HEADER, DUMP_HEADER64, DUMP_HEADER64_SIZE
-    from wincrash.info.dmpfile import parse_runs
-
-    header = DUMP_HEADER64.parse(os.pread(fh.fileno(), DUMP_HEADER64_SIZE, 0))
-    parsed = parse_runs(header.PhysicalMemoryBlockBuffer, True)
-    if parsed is None:
-        raise WincrashError(f"{path}: this dump has no physical memory runs (triage dump?): nothing to convert")
-    segments: list[Segment] = []
-    if header.DumpType == 1:
-        offset = DUMP_HEADER64_SIZE
-        for base, count in parsed[2]:
-            filesz = max(0, min(count * PAGE, size - offset))
-            segments.append(Segment(base * PAGE, count * PAGE, offset, filesz))
-            offset += count * PAGE
-    elif header.DumpType in (5, 6):
-        summary = BITMAP_SUMMARY_HEADER.parse(os.pread(fh.fileno(), 0x38, DUMP_HEADER64_SIZE))
-        bitmap = os.pread(fh.fileno(), (summary.Pages + 7) // 8, DUMP_HEADER64_SIZE + 0x38)
-        value = int.from_bytes(bitmap, "little")
-        offset, pfn = summary.FirstPage, 0
-        while value:
-            low = (value & -value).bit_length() - 1  # next present page
-            value >>= low
-            pfn += low
-            run = (~value & (value + 1)).bit_length() - 1  # length of the run of ones
-            segments.append(Segment(pfn * PAGE, run * PAGE, offset, max(0, min(run * PAGE, size - offset))))
-            offset += run * PAGE
-            value >>= run
-            pfn += run
-    else:
-        raise WincrashError(f"{path}: DumpType {header.DumpType} cannot be converted (full or bitmap dumps only)")
-    return PhysicalSource(path, fh, "dmp", segments, [], 0x8664)
+        raise
+    return PhysicalSource(path, fh, mapped.kind, mapped.segments, list(mapped.cpus),  # type: ignore[arg-type]
+                          mapped.machine, None if mapped.missing is None else list(mapped.missing),
+                          list(mapped.notes))

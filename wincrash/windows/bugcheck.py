@@ -1,98 +1,23 @@
 """Symbolic names of Windows bugcheck (stop) codes, as WinDbg's `!analyze` prints them.
 
-A support engineer recognises 0x133 faster as DPC_WATCHDOG_VIOLATION; the names come from
-Microsoft's public bug check code reference.
+A support engineer recognises 0x133 faster as DPC_WATCHDOG_VIOLATION. The table (every code of
+Microsoft's public bug check code reference) and the parameter meanings are data in
+wincrash.formats.bugcheck; this module keeps the names other stages already use.
 """
 
 from __future__ import annotations
 
+from wincrash.formats.bugcheck import BUGCHECK_NAMES, bugcheck_name, parameter_meanings, subcode_meaning
+
 LIVE_SYSTEM_DUMP = 0x161
 NMI_HARDWARE_FAILURE = 0x80
-
-BUGCHECK_NAMES: dict[int, str] = {
-    0x0A: "IRQL_NOT_LESS_OR_EQUAL",
-    0x19: "BAD_POOL_HEADER",
-    0x1A: "MEMORY_MANAGEMENT",
-    0x1E: "KMODE_EXCEPTION_NOT_HANDLED",
-    0x24: "NTFS_FILE_SYSTEM",
-    0x3B: "SYSTEM_SERVICE_EXCEPTION",
-    0x3D: "INTERRUPT_EXCEPTION_NOT_HANDLED",
-    0x3F: "NO_MORE_SYSTEM_PTES",
-    0x44: "MULTIPLE_IRP_COMPLETE_REQUESTS",
-    0x4A: "IRQL_GT_ZERO_AT_SYSTEM_SERVICE",
-    0x4E: "PFN_LIST_CORRUPT",
-    0x50: "PAGE_FAULT_IN_NONPAGED_AREA",
-    0x5C: "HAL_INITIALIZATION_FAILED",
-    0x6B: "PROCESS1_INITIALIZATION_FAILED",
-    0x74: "BAD_SYSTEM_CONFIG_INFO",
-    0x77: "KERNEL_STACK_INPAGE_ERROR",
-    0x7A: "KERNEL_DATA_INPAGE_ERROR",
-    0x7B: "INACCESSIBLE_BOOT_DEVICE",
-    0x7E: "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED",
-    0x7F: "UNEXPECTED_KERNEL_MODE_TRAP",
-    0x80: "NMI_HARDWARE_FAILURE",
-    0x8E: "KERNEL_MODE_EXCEPTION_NOT_HANDLED",
-    0x9C: "MACHINE_CHECK_EXCEPTION",
-    0x9E: "USER_MODE_HEALTH_MONITOR",
-    0x9F: "DRIVER_POWER_STATE_FAILURE",
-    0xA0: "INTERNAL_POWER_ERROR",
-    0xA5: "ACPI_BIOS_ERROR",
-    0xBE: "ATTEMPTED_WRITE_TO_READONLY_MEMORY",
-    0xC1: "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
-    0xC2: "BAD_POOL_CALLER",
-    0xC4: "DRIVER_VERIFIER_DETECTED_VIOLATION",
-    0xC5: "DRIVER_CORRUPTED_EXPOOL",
-    0xCA: "PNP_DETECTED_FATAL_ERROR",
-    0xCE: "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
-    0xD1: "DRIVER_IRQL_NOT_LESS_OR_EQUAL",
-    0xD5: "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL",
-    0xD8: "DRIVER_USED_EXCESSIVE_PTES",
-    0xE2: "MANUALLY_INITIATED_CRASH",
-    0xE6: "DRIVER_VERIFIER_DMA_VIOLATION",
-    0xEA: "THREAD_STUCK_IN_DEVICE_DRIVER",
-    0xEF: "CRITICAL_PROCESS_DIED",
-    0xF4: "CRITICAL_OBJECT_TERMINATION",
-    0xF7: "DRIVER_OVERRAN_STACK_BUFFER",
-    0xFC: "ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY",
-    0x101: "CLOCK_WATCHDOG_TIMEOUT",
-    0x109: "CRITICAL_STRUCTURE_CORRUPTION",
-    0x10D: "WDF_VIOLATION",
-    0x116: "VIDEO_TDR_FAILURE",
-    0x117: "VIDEO_TDR_TIMEOUT_DETECTED",
-    0x119: "VIDEO_SCHEDULER_INTERNAL_ERROR",
-    0x124: "WHEA_UNCORRECTABLE_ERROR",
-    0x12B: "FAULTY_HARDWARE_CORRUPTED_PAGE",
-    0x133: "DPC_WATCHDOG_VIOLATION",
-    0x139: "KERNEL_SECURITY_CHECK_FAILURE",
-    0x13A: "KERNEL_MODE_HEAP_CORRUPTION",
-    0x141: "VIDEO_ENGINE_TIMEOUT_DETECTED",
-    0x144: "BUGCODE_USB3_DRIVER",
-    0x154: "UNEXPECTED_STORE_EXCEPTION",
-    0x15F: "CONNECTED_STANDBY_WATCHDOG_TIMEOUT_LIVEDUMP",
-    0x161: "LIVE_SYSTEM_DUMP",
-    0x18B: "SECURE_KERNEL_ERROR",
-    0x1C7: "STORE_DATA_STRUCTURE_CORRUPTION",
-    0x1CA: "SYNTHETIC_WATCHDOG_TIMEOUT",
-    0x20001: "HYPERVISOR_ERROR",
-    0xC000021A: "WINLOGON_FATAL_ERROR",
-    0xDEADDEAD: "MANUALLY_INITIATED_CRASH1",
-}
-
-# Codes with bit 28 set are the "_M" variants Windows uses when the crash was raised with
-# extra information (e.g. 0x1000007E); they share the meaning of the base code.
-_M_FLAG = 0x10000000
-
-
-def bugcheck_name(code: int) -> str | None:
-    """The symbolic name of a bugcheck code, or None when it is not in the table."""
-    if code in BUGCHECK_NAMES:
-        return BUGCHECK_NAMES[code]
-    if code & _M_FLAG and (code & ~_M_FLAG) in BUGCHECK_NAMES:
-        return BUGCHECK_NAMES[code & ~_M_FLAG] + "_M"
-    return None
 
 
 def describe_bugcheck(code: int) -> str:
     """'0x00000080 NMI_HARDWARE_FAILURE', or the bare hex code when the name is unknown."""
     name = bugcheck_name(code)
     return f"0x{code:08X} {name}" if name else f"0x{code:08X} (unknown bugcheck code)"
+
+
+__all__ = ["BUGCHECK_NAMES", "LIVE_SYSTEM_DUMP", "NMI_HARDWARE_FAILURE", "bugcheck_name", "describe_bugcheck",
+           "parameter_meanings", "subcode_meaning"]

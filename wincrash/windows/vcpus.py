@@ -28,6 +28,9 @@ from wincrash.windows.pe import PeImage, is_hypervisor_pdb
 MAX_PROCESSORS = 2048  # KiProcessorBlock entries read at most
 REGISTERS_FROM_NOTE = "qemu-note"
 REGISTERS_NONE = "none (no matching vCPU note)"
+KPCR_SELF_OFFSET = 0x18  # KPCR.Self (every x64 build, windows/offsets.py)
+KPCR_CURRENT_PRCB_OFFSET = 0x20  # KPCR.CurrentPrcb
+KPRCB_NUMBER_OFFSET = 0x24  # KPRCB.Number (u32)
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,15 @@ def classify_vcpus(source: PhysicalSource, kprcbs: Sequence[int]) -> VcpuClasses
 
     A note is NT's when its KPCR (GS base in kernel mode, KernelGSBase in user mode) + KPCR.Prcb is a
     known KPRCB and its CR3 maps KUSER_SHARED_DATA; otherwise it is the hypervisor's when its IDT
-    handler lies in hvix64/hvax64. Notes that are neither are left unmatched.
+    handler lies in hvix64/hvax64. Notes that are neither, and notes not in long mode, are left unmatched.
     """
     by_kprcb = {kprcb: n for n, kprcb in enumerate(kprcbs)}
     note_for: dict[int, int] = {}
     in_hypervisor: list[int] = []
     hv_image: PeImage | None = None
     for i, cpu in enumerate(source.cpus):
+        if cpu_mode(cpu) != "long":
+            continue  # reset, INIT or real mode: neither NT's nor the hypervisor's registers
         kpcr = cpu.gs.base if cpu.cs.selector & 3 == 0 else cpu.kernel_gs_base
         n = by_kprcb.get(kpcr + KPCR_PRCB_OFFSET)
         if n is not None and AddressSpace(source.read, cr3_base(cpu.cr[3])).translate(KUSER_SHARED_DATA_VA) \
@@ -128,25 +133,93 @@ def classify_vcpus(source: PhysicalSource, kprcbs: Sequence[int]) -> VcpuClasses
     return VcpuClasses(MappingProxyType(note_for), tuple(in_hypervisor), hv_image)
 
 
-def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock) -> Processors:
-    """KiProcessorBlock's KPRCBs, each matched to its vCPU note and CONTEXT buffers.
+def check_kprcb(space: AddressSpace, kprcb: int | None, index: int) -> str | None:
+    """Why KiProcessorBlock[``index``] = ``kprcb`` is not processor ``index``'s KPRCB; None when it is.
 
-    Notes are matched by GS base (classify_vcpus); when none matches, no note is a hypervisor's and
-    there are as many notes as processors, they are taken in order.
+    A KPRCB lies at KPCR + 0x180 (KPCR.Prcb); its KPCR points at itself (KPCR.Self, +0x18) and at
+    the KPRCB (KPCR.CurrentPrcb, +0x20), and KPRCB.Number (+0x24) is the processor's index: the same
+    on every x64 build from Windows 7 to 11 (windows/offsets.py).
     """
-    space = kernel.space
-    blocks = []
+    if not kprcb:
+        return "is zero" if kprcb == 0 else "is not readable"
+    kpcr = kprcb - KPCR_PRCB_OFFSET
+    if space.read_u64(kpcr + KPCR_SELF_OFFSET) != kpcr:
+        return f"0x{kprcb:x}: KPCR.Self does not point at its KPCR"
+    if space.read_u64(kpcr + KPCR_CURRENT_PRCB_OFFSET) != kprcb:
+        return f"0x{kprcb:x}: KPCR.CurrentPrcb does not point at it"
+    raw = space.read(kprcb + KPRCB_NUMBER_OFFSET, 4)
+    number = None if raw is None else int.from_bytes(raw, "little")
+    if number != index:
+        return f"0x{kprcb:x}: KPRCB.Number is {number}, not {index}"
+    return None
+
+
+def read_kprcbs(space: AddressSpace, kdbg: KdbgBlock) -> tuple[list[int], str]:
+    """The KPRCBs of KiProcessorBlock up to the first entry that fails check_kprcb, and why it stopped."""
+    blocks: list[int] = []
     for i in range(MAX_PROCESSORS):
         value = space.read_u64(kdbg.ki_processor_block + 8 * i)
-        if not value:
-            break
-        blocks.append(value)
+        reason = check_kprcb(space, value, i)
+        if reason is not None:
+            return blocks, f"entry {i} {reason}"
+        blocks.append(value)  # type: ignore[arg-type]  # check_kprcb refused None
+    return blocks, f"{MAX_PROCESSORS} entries read"
+
+
+def exported_processor_count(kernel: KernelView) -> int | None:
+    """KeNumberProcessors (ntoskrnl's export, a 32-bit count); None when unexported, unreadable or absurd."""
+    rva = kernel.image.exports.get("KeNumberProcessors")
+    raw = kernel.space.read(kernel.image.base + rva, 4) if rva else None
+    value = None if raw is None else int.from_bytes(raw, "little")
+    return value if value is not None and 1 <= value <= MAX_PROCESSORS else None
+
+
+def processor_count(validated: int, exported: int | None, notes: int) -> tuple[int, str, list[str]]:
+    """(how many processors the dump describes, which source won and why, warnings).
+
+    KiProcessorBlock's validated entries are the processors whose KPRCB can be read; KeNumberProcessors
+    is Windows' own count and wins when it is smaller (entries past it are not processors); the
+    number of long-mode vCPU notes is a cross-check only (a note can be missing or the hypervisor's).
+    """
+    warnings = []
+    count, winner = validated, f"{validated} validated KiProcessorBlock entries"
+    if exported is not None and exported < validated:
+        count, winner = exported, f"KeNumberProcessors ({exported})"
+    if exported is None:
+        winner += "; KeNumberProcessors not readable"
+    elif exported != validated:
+        used = "KeNumberProcessors" if count == exported else "KiProcessorBlock"
+        warnings.append(f"KeNumberProcessors says {exported} processors but KiProcessorBlock has {validated} "
+                        f"valid entries: {count} used ({used})")
+    else:
+        winner += ", agrees with KeNumberProcessors"
+    if notes and notes != count:
+        warnings.append(f"{notes} vCPU notes but {count} processors in Windows ({winner})")
+    elif notes:
+        winner += " and the vCPU notes"
+    return count, winner, warnings
+
+
+def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock) -> Processors:
+    """KiProcessorBlock's KPRCBs, each validated (check_kprcb) and matched to its vCPU note and CONTEXT buffers.
+
+    The count is cross-checked against KeNumberProcessors and the vCPU notes (processor_count);
+    ``method`` says which source won. Notes are matched by GS base (classify_vcpus); when none
+    matches, no note is a hypervisor's and there are as many long-mode notes as processors, they are
+    taken in order. A note of a vCPU not in long mode (reset, INIT, real mode) is never matched:
+    its registers are not Windows'.
+    """
+    space = kernel.space
+    blocks, stop = read_kprcbs(space, kdbg)
     if not blocks:
-        return Processors((), None, None, ("KiProcessorBlock is empty or unreadable: no processor contexts written",))
+        return Processors((), None, None, (f"KiProcessorBlock {stop}: no processor contexts written",))
+    count, winner, warnings = processor_count(len(blocks), exported_processor_count(kernel), len(source.cpus))
+    blocks = blocks[:count]
     classes = classify_vcpus(source, blocks)
     note_for: Mapping[int, int] = classes.nt_note_for
     matched_by_gs = bool(note_for)
-    if not matched_by_gs and not classes.in_hypervisor and len(source.cpus) == len(blocks):
+    long_mode = [i for i, c in enumerate(source.cpus) if cpu_mode(c) == "long"]
+    if not matched_by_gs and not classes.in_hypervisor and len(long_mode) == len(source.cpus) == len(blocks):
         note_for = {n: n for n in range(len(blocks))}
     how = ("vCPU GS base = KPCR" if matched_by_gs else "vCPU order" if note_for else "no vCPU notes")
     cpus = []
@@ -159,13 +232,16 @@ def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock)
             proc_state_context_va=kprcb + kdbg.offset_prcb_proc_state_context
             if kdbg.offset_prcb_proc_state_context else None,
             register_source=REGISTERS_FROM_NOTE if note is not None else REGISTERS_NONE))
-    warnings = []
     if classes.in_hypervisor:
         warnings.append(f"Hyper-V detected: vCPU note(s) {', '.join(map(str, classes.in_hypervisor))} hold the "
                         "hypervisor's registers, not Windows': those processors' contexts come from "
                         "KPRCB.ProcessorState")
-    if len(source.cpus) and len(source.cpus) != len(blocks):
-        warnings.append(f"{len(source.cpus)} vCPU notes but {len(blocks)} processors in KiProcessorBlock")
+    not_long = [i for i in range(len(source.cpus)) if i not in long_mode]
+    if not_long:
+        warnings.append(f"vCPU note(s) {', '.join(map(str, not_long))} are not in long mode (reset, INIT or real "
+                        "mode): their registers are not Windows'; those processors' contexts come from "
+                        "KPRCB.ProcessorState")
     hyperv = None if classes.hypervisor is None else HyperV(classes.hypervisor, classes.in_hypervisor,
                                                             kernel.secure_kernel)
-    return Processors(tuple(cpus), hyperv, f"{how}, {len(blocks)} in KiProcessorBlock", tuple(warnings))
+    return Processors(tuple(cpus), hyperv, f"{how}; {len(cpus)} processors from {winner} (KiProcessorBlock "
+                      f"{stop})", tuple(warnings))

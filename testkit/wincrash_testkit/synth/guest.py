@@ -54,6 +54,8 @@ def generate(spec: GuestSpec) -> Guest:
         "ps_loaded_module_list": b.sym("PsLoadedModuleList"), "ps_active_process_head": b.sym("PsActiveProcessHead"),
         **b.truth,
     }
+    if spec.save_contexts:
+        truth["saved_contexts"] = b.nt_contexts  # the KPRCB.ProcessorState.ContextFrame written
     if spec.hyperv:
         truth["spec"].update(hyperv=True, hv_cpus=truth["hyperv"]["hv_cpus"])
     return Guest(spec=spec, layout=layout, mem=b.mem, cpus=b.cpu_states, truth=truth)

@@ -84,7 +84,7 @@ def processors(b: Builder) -> None:
         state = CpuState(index=i, regs=regs, segments=kernel_segments(kpcr, gdt, idt, tss),
                          cr=[0x80050033, 0, cr2, s.dtb, cr4], kernel_gs_base=kgs)
         b.cpu_states.append(state)
-        if b.spec.hyperv:
+        if b.spec.hyperv or b.spec.save_contexts:  # KeBugCheckEx and the frozen CPUs save their state there
             b.nt_contexts.append(hyperv.write_processor_state(s, wb, i, prcb, state))
         kprcbs.append(prcb)
         cpu_truth.append({"index": i, "kpcr": kpcr, "kpcr_pa": s.pa(kpcr), "kprcb": prcb, "kprcb_pa": s.pa(prcb),

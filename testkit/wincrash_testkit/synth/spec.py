@@ -16,7 +16,8 @@ NMI_HARDWARE_FAILURE = 0x80
 @dataclass(frozen=True)
 class GuestSpec:
     """What to generate. ``hyperv``: a root partition under Hyper-V with VBS (see wincrash_testkit.synth.hyperv);
-    ``hv_cpus``: which vCPUs' QEMU notes hold the hypervisor's state (None: all of them)."""
+    ``hv_cpus``: which vCPUs' QEMU notes hold the hypervisor's state (None: all of them). ``save_contexts``:
+    write each CPU's KPRCB.ProcessorState.ContextFrame (always done for hyperv), listed in truth["saved_contexts"]."""
 
     build: int = 19041
     cpus: int = 2
@@ -28,6 +29,7 @@ class GuestSpec:
     noise_pages: int | None = None
     filler_mib: int = 0  # extra random-content RAM (benchmarks): generated while writing, not held in memory
     hv_cpus: tuple[int, ...] | None = None
+    save_contexts: bool = False  # fill KPRCB.ProcessorState.ContextFrame, as Windows does at a bugcheck
 
     def validate(self) -> None:
         """ValueError naming the first field out of range."""
