@@ -20,7 +20,7 @@ import kdmp_parser
 import pytest
 from helpers import REPO, dump_read_va, first_module_name, run_wincrash, sparse_copy, u64
 from wincrash_testkit.synth.guest import GuestSpec, generate
-from wincrash_testkit.synth.writers import write_qemu_elf
+from wincrash_testkit.synth.writers import elf_layout, write_qemu_elf
 
 PAGE = 0x1000
 CASES = [  # (build, cpus, ram_mib, crashed, format)
@@ -256,11 +256,20 @@ def test_unwritable_output(small_guest, tmp_path):
 
 def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
     guest, elf = make_guest(tmp_path, build=19041, cpus=2, ram_mib=16384, seed=9, crashed=False)
-    with open(elf, "r+b") as fh:  # make the copy slow enough to interrupt: real data, not holes
-        fh.seek(8 * 2**30)
-        chunk = os.urandom(2**20)
-        for _ in range(1024):  # 1 GiB, written 1 MiB at a time (not built in memory)
-            fh.write(chunk)
+    # Make the copy slow enough to interrupt: 1 GiB of real data, not holes, written 1 MiB at a time (not built
+    # in memory) from file offset 8 GiB on, into RAM the guest left empty (never over its kernel or tables).
+    _, placed, _ = elf_layout(guest)
+    chunk, offset, written = os.urandom(2**20), 8 * 2**30, 0
+    with open(elf, "r+b") as fh:
+        while written < 1024:
+            block = next((b for b in placed if b[2] <= offset and offset + len(chunk) <= b[2] + b[1]), None)
+            pa = block[0] + offset - block[2] if block else None
+            pfns = range(pa // PAGE, (pa + len(chunk)) // PAGE) if pa is not None else ()
+            if pa is not None and not any(pfn in guest.mem.pages for pfn in pfns):
+                fh.seek(offset)
+                fh.write(chunk)
+                written += 1
+            offset += len(chunk)
     out = tmp_path / "out.dmp"
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "convert", str(elf), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)

@@ -100,7 +100,7 @@ def test_process_and_module_lists_walk(converted):
         process_dtb = u64(dump_read_va(p, ep + offsets["_KPROCESS.DirectoryTableBase"], 8, dtb))
         assert p.read_physical_page(process_dtb & ~0xFFF) is not None, f"{name}'s PML4 is not in the dump"
         got.append((name, pid, process_dtb))
-    assert got == [(x["name"], x["pid"], x["dtb"]) for x in t["processes"]]
+    assert got == [(x["image_file_name"], x["pid"], x["dtb"]) for x in t["processes"]]  # EPROCESS keeps 14 chars
     modules = []
     for link in walk(p, p.header.PsLoadedModuleList, dtb):
         entry = link - offsets["_KLDR_DATA_TABLE_ENTRY.InLoadOrderLinks"]
