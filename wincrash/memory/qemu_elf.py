@@ -45,6 +45,10 @@ __all__ = ["ElfLayout", "QemuElf", "Segment", "cpu_mode", "cpu_summary", "machin
 
 MAX_NOTES_BYTES = 64 << 20  # a 4096-vCPU guest needs ~3 MiB of notes; more means a corrupt header
 MAX_PHDRS = 4096
+# vCPU notes accepted at most, per note type: QEMU's q35 machine allows max_cpus 4096 (hw/i386/pc_q35.c,
+# QEMU 9.0 and later; 1024 before), which is also the largest KVM_MAX_VCPUS on x86 (Linux
+# CONFIG_KVM_MAX_NR_VCPUS, at most 4096). More notes than that is not a QEMU dump of a real guest.
+MAX_VCPU_NOTES = 4096
 CR0_PE = 1
 
 
@@ -118,6 +122,9 @@ def _read_notes(fh: BinaryIO, ph: Container, layout: ElfLayout) -> None:
             layout.cpus.append(QEMUCPUState.parse(desc))
         elif name == b"CORE" and nh.n_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
             layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
+        if max(len(layout.cpus), len(layout.prstatus)) > MAX_VCPU_NOTES:
+            raise WincrashError(f"ELF core with more than {MAX_VCPU_NOTES} vCPU notes (QEMU and KVM allow "
+                                f"{MAX_VCPU_NOTES} vCPUs at most): malformed notes at offset 0x{ph.p_offset + pos:x}")
         pos = end
 
 
