@@ -89,9 +89,10 @@ def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
         raise WincrashError(f"ELF file of type {ehdr.e_type}, not a core dump (ET_CORE): not a memory dump")
     if ehdr.e_phnum == 0 or ehdr.e_phnum > MAX_PHDRS or ehdr.e_phentsize != ELF64_PHDR_SIZE:
         raise WincrashError(f"ELF core with {ehdr.e_phnum} program headers of {ehdr.e_phentsize} bytes: malformed")
+    if ehdr.e_phoff + ehdr.e_phnum * ELF64_PHDR_SIZE > file_size:
+        raise WincrashError(f"truncated or damaged ELF file: {ehdr.e_phnum} program headers at offset "
+                            f"0x{ehdr.e_phoff:x} run past the end of the file ({file_size:,} bytes)")
     table = os.pread(fh.fileno(), ehdr.e_phnum * ELF64_PHDR_SIZE, ehdr.e_phoff)
-    if len(table) < ehdr.e_phnum * ELF64_PHDR_SIZE:
-        raise WincrashError("truncated ELF file: the program headers run past the end of the file")
     layout = ElfLayout(machine=ehdr.e_machine, segments=[], file_size=file_size)
     for i in range(ehdr.e_phnum):
         ph = Elf64_Phdr.parse(table[i * ELF64_PHDR_SIZE:(i + 1) * ELF64_PHDR_SIZE])
@@ -106,7 +107,10 @@ def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
 
 def _read_notes(fh: BinaryIO, ph: Container, layout: ElfLayout) -> None:
     if ph.p_filesz > MAX_NOTES_BYTES:
-        raise WincrashError(f"ELF note segment of {ph.p_filesz:,} bytes: malformed")
+        raise WincrashError(f"ELF note segment of {ph.p_filesz:,} bytes at offset 0x{ph.p_offset:x}: malformed")
+    if ph.p_offset + ph.p_filesz > layout.file_size:
+        raise WincrashError(f"truncated or damaged ELF file: the note segment at offset 0x{ph.p_offset:x} "
+                            f"({ph.p_filesz:,} bytes) runs past the end of the file ({layout.file_size:,} bytes)")
     data = os.pread(fh.fileno(), ph.p_filesz, ph.p_offset)
     pos = 0
     while pos + ELF64_NHDR_SIZE <= len(data):
