@@ -61,6 +61,7 @@ class ElfLayout:
     cpus: list[Container] = field(default_factory=list)  # QEMUCPUState v1, one per vCPU, in order
     prstatus: list[Container] = field(default_factory=list)
     file_size: int = 0
+    vaddrs: list[int] = field(default_factory=list)  # p_vaddr of each PT_LOAD (all 0 in a paging=false dump)
 
     @property
     def missing_ranges(self) -> list[tuple[int, int]]:
@@ -99,6 +100,7 @@ def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
         if ph.p_type == PT_LOAD and ph.p_memsz:
             present = max(0, min(ph.p_filesz, file_size - ph.p_offset))
             layout.segments.append(Segment(ph.p_paddr, ph.p_memsz, ph.p_offset, min(present, ph.p_memsz)))
+            layout.vaddrs.append(ph.p_vaddr)
         elif ph.p_type == PT_NOTE:
             _read_notes(fh, ph, layout)
     layout.segments.sort(key=lambda s: s.paddr)
@@ -169,6 +171,13 @@ class QemuElf:
         if not layout.segments:
             raise WincrashError(f"{path}: ELF core without memory segments")
         paging = paging_segments(list(layout.segments))
+        if paging is not None and not any(layout.vaddrs):
+            # Overlapping PT_LOADs without virtual addresses: not paging=true (QEMU writes p_vaddr 0 only
+            # without paging, dump/dump.c), but segments that alias each other: a damaged header.
+            return MemoryMap(QemuElf.kind, paging[0], tuple(layout.cpus), layout.machine, None, (
+                "the ELF's PT_LOAD segments overlap in guest-physical memory although the dump was taken without "
+                "paging (every p_vaddr is 0): a damaged header; where they alias, the first segment's bytes are "
+                "used and memory no segment holds is written as zeros",))
         if paging is not None:  # paging=true: PT_LOADs per virtual mapping, overlapping in physical memory
             return MemoryMap(f"{QemuElf.kind} (paging)", paging[0], tuple(layout.cpus), layout.machine, None,
                              (paging[1],))

@@ -184,8 +184,13 @@ def check_kprcb(space: AddressSpace, kprcb: int | None, index: int) -> str | Non
 def read_kprcbs(space: AddressSpace, kdbg: KdbgBlock) -> tuple[list[int], str]:
     """The KPRCBs of KiProcessorBlock up to the first entry that fails check_kprcb, and why it stopped."""
     blocks: list[int] = []
+    array_end = kdbg.ki_processor_block + 8 * MAX_PROCESSORS
     for i in range(MAX_PROCESSORS):
         value = space.read_u64(kdbg.ki_processor_block + 8 * i)
+        if value is not None and kdbg.ki_processor_block <= value < array_end:
+            return blocks, f"entry {i} 0x{value:x} points into KiProcessorBlock itself"
+        if value in blocks:
+            return blocks, f"entry {i} 0x{value:x} repeats entry {blocks.index(value)}"
         reason = check_kprcb(space, value, i)
         if reason is not None:
             return blocks, f"entry {i} {reason}"
@@ -241,6 +246,8 @@ def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock)
     if not blocks:
         return Processors((), None, None, (f"KiProcessorBlock {stop}: no processor contexts written",))
     count, winner, warnings = processor_count(len(blocks), exported_processor_count(kernel), len(source.cpus))
+    if "itself" in stop or "repeats" in stop:
+        warnings.insert(0, f"KiProcessorBlock {stop}: inconsistent, the processors from there on are left out")
     blocks = blocks[:count]
     classes = classify_vcpus(source, blocks)
     note_for: Mapping[int, int] = classes.nt_note_for
