@@ -12,7 +12,6 @@ import time
 
 import pytest
 from fuzzing import Outcome, Pool, jobs
-
 from helpers import REPO
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from fuzzing import Outcome, Pool
-
 from helpers import REPO
 
 CASES = sorted(p for p in (REPO / "tests" / "fuzz_regressions").iterdir() if p.name != "README.md")

@@ -103,3 +103,43 @@ def test_verify_accepts_what_the_writers_write_and_catches_tampering(written, fm
         match = "bits set"
     with open(tampered, "rb") as fh, pytest.raises(WincrashError, match=match):
         verify_written(fh, fmt, runs, present if fmt == "kernel" else None)
+
+
+class _Space:
+    """A kernel address space of a few qwords (read_u64/read as AddressSpace offers them)."""
+
+    def __init__(self, qwords: dict[int, int]) -> None:
+        self.qwords = qwords
+
+    def read_u64(self, va: int) -> int | None:
+        return self.qwords.get(va, 0)
+
+    def read(self, va: int, size: int) -> bytes | None:
+        return self.read_u64(va).to_bytes(8, "little")[:size]
+
+
+def test_ki_processor_block_pointing_at_itself_is_named():
+    from types import SimpleNamespace
+
+    from wincrash.windows.vcpus import read_kprcbs
+
+    kpb = 0xFFFFF800_02400000
+    blocks, stop = read_kprcbs(_Space({kpb: kpb}), SimpleNamespace(ki_processor_block=kpb))
+    assert blocks == [] and "points into KiProcessorBlock itself" in stop
+
+
+def test_aliasing_elf_segments_without_paging_warn(tmp_path):
+    import struct as st
+
+    from wincrash.memory.qemu_elf import QemuElf
+
+    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + st.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, 2, 0, 0, 0)
+    data_at = 64 + 2 * 56
+    phdrs = st.pack("<IIQQQQQQ", 1, 0, data_at, 0, 0, 0x2000, 0x2000, 0) + \
+        st.pack("<IIQQQQQQ", 1, 0, data_at + 0x2000, 0, 0x1000, 0x2000, 0x2000, 0)  # overlaps page 1, p_vaddr 0
+    path = tmp_path / "alias.elf"
+    path.write_bytes(ehdr + phdrs + bytes(0x4000))
+    with open(path, "rb") as fh:
+        mapped = QemuElf.map(path, fh, path.stat().st_size)
+    assert mapped.kind == "qemu-elf" and any("overlap" in n and "damaged" in n for n in mapped.notes)
+    assert all(a.paddr + a.size <= b.paddr for a, b in zip(mapped.segments, mapped.segments[1:], strict=False))

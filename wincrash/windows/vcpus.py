@@ -184,10 +184,10 @@ def check_kprcb(space: AddressSpace, kprcb: int | None, index: int) -> str | Non
 def read_kprcbs(space: AddressSpace, kdbg: KdbgBlock) -> tuple[list[int], str]:
     """The KPRCBs of KiProcessorBlock up to the first entry that fails check_kprcb, and why it stopped."""
     blocks: list[int] = []
-    array_end = kdbg.ki_processor_block + 8 * MAX_PROCESSORS
     for i in range(MAX_PROCESSORS):
         value = space.read_u64(kdbg.ki_processor_block + 8 * i)
-        if value is not None and kdbg.ki_processor_block <= value < array_end:
+        # Into the entries read so far (the entry itself included); a KPRCB may follow the array in .data.
+        if value is not None and kdbg.ki_processor_block <= value < kdbg.ki_processor_block + 8 * (i + 1):
             return blocks, f"entry {i} 0x{value:x} points into KiProcessorBlock itself"
         if value in blocks:
             return blocks, f"entry {i} 0x{value:x} repeats entry {blocks.index(value)}"
