@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wincrash.dmp.plan import DumpPlan, plan_dump
+from wincrash.dmp.verify import verify_written
 from wincrash.dmp.writer import FORMATS, WriteResult, bytes_needed, write_dump
 from wincrash.errors import WincrashError
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE
@@ -158,6 +159,9 @@ def _write(source: PhysicalSource, plan: DumpPlan, output: Path, fmt: str, force
     """Check free space, then write ``plan`` to a temporary name renamed to ``output`` when complete."""
     check_free_space(output, bytes_needed(source, plan, fmt))
     pages = plan.kernel_pages.kept if plan.kernel_pages is not None else sum(c for _, c in plan.header.runs)
-    with atomic_output(output, force) as out, \
-            byte_progress(f"writing {fmt} dump", pages * PAGE_SIZE, progress) as advance:
-        return write_dump(source, plan, fmt, out, advance)
+    with atomic_output(output, force) as out:
+        with byte_progress(f"writing {fmt} dump", pages * PAGE_SIZE, progress) as advance:
+            written = write_dump(source, plan, fmt, out, advance)
+        # Before the rename: a dump whose headers, runs and bitmap disagree never gets the final name.
+        verify_written(out, fmt, plan.header.runs, plan.kernel_pages.kept if plan.kernel_pages is not None else None)
+        return written

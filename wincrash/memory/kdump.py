@@ -17,6 +17,7 @@ guest-physical address, zero pages as holes), which then serves as an ordinary r
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -113,17 +114,34 @@ def read_layout(fh: BinaryIO, size: int) -> tuple[KdumpLayout, Reader]:
 
 
 def _bit_runs(bitmap: bytes, limit: int) -> Iterator[tuple[int, int]]:
-    """(first bit, count) of every run of set bits (little-endian bit order), below ``limit``."""
-    value = int.from_bytes(bitmap, "little") & ((1 << limit) - 1)
-    pfn = 0
-    while value:
-        low = (value & -value).bit_length() - 1
-        value >>= low
-        pfn += low
-        run = (~value & (value + 1)).bit_length() - 1
-        yield pfn, run
-        value >>= run
-        pfn += run
+    """(first bit, count) of every run of set bits (little-endian bit order), below ``limit``.
+
+    Linear in the bitmap's size whatever its pattern (stretches of zero bytes are skipped by a regex,
+    each other byte is decoded from a table), and never larger than the bitmap whatever ``limit`` says.
+    """
+    limit = min(limit, len(bitmap) * 8)
+    start = count = 0
+    for match in _NONZERO.finditer(bitmap, 0, (limit + 7) // 8):
+        for i, byte in enumerate(match.group(), match.start()):
+            for first, n in _BYTE_RUNS[byte]:
+                bit = i * 8 + first
+                if bit >= limit:
+                    break
+                n = min(n, limit - bit)
+                if count and start + count == bit:
+                    count += n
+                else:
+                    if count:
+                        yield start, count
+                    start, count = bit, n
+    if count:
+        yield start, count
+
+
+_NONZERO = re.compile(rb"[^\x00]+")
+# For each byte value, its runs of set bits as (first bit, length), LSB first.
+_BYTE_RUNS = tuple(tuple((m.start(), m.end() - m.start()) for m in re.finditer("1+", format(v, "08b")[::-1]))
+                   for v in range(256))
 
 
 def qemu_cpu_notes(data: bytes) -> Iterator[Container]:
