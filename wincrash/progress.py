@@ -49,3 +49,40 @@ def byte_progress(description: str, total: int | None, enabled: bool = True) -> 
     with progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+LATE_NOTE_SECONDS = 120.0  # off a terminal, a phase this slow gets one "still ..." line
+
+
+@contextlib.contextmanager
+def phase(step: str, late_note: float = LATE_NOTE_SECONDS) -> Iterator[None]:
+    """Show that ``step`` (e.g. "starting the libguestfs appliance") is running, with its elapsed seconds.
+
+    On a terminal: a spinner line on stderr, removed at the end. Elsewhere (logs, pipes, CI) nothing,
+    unless the step is still running after ``late_note`` seconds: then one line
+    ``wincrash: still <step> (N s)`` on stderr, so a slow step is never silent for minutes.
+    """
+    if progress_wanted():
+        from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+        bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                       console=stderr_console, transient=True)
+        with bar:
+            bar.add_task(step, total=None)
+            yield
+        return
+    import sys
+    import threading
+
+    done = threading.Event()
+
+    def note() -> None:
+        if not done.wait(late_note):
+            print(f"wincrash: still {step} ({late_note:.0f} s)", file=sys.stderr, flush=True)
+
+    watcher = threading.Thread(target=note, name="wincrash-phase", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -104,6 +104,15 @@ def check_kvm(host: HostRoot) -> Check:
                     "kvm_intel` (kvm_amd on AMD)", path=str(path))
     finally:
         os.close(fd)
+    from wincrash.kvm import kvm_status  # noqa: PLC0415 - the probe the libguestfs appliance uses too
+
+    status = kvm_status(host.dev, host.proc)
+    if not status.usable:
+        return fail(name, f"{path} speaks KVM API {api}, but cannot run guests: {status.reason}",
+                    "use a host with VT-x/AMD-V exposed (turn on nested virtualization in this host's hypervisor); "
+                    "until then QEMU and libguestfs must run under TCG (wincrash grab-pagefile/prepare switch "
+                    "to it on their own: LIBGUESTFS_BACKEND_SETTINGS=force_tcg)", path=str(path), api=api,
+                    usable=False)
     return ok(name, f"{path} is present, opens read-write and speaks KVM API {api}", path=str(path), api=api)
 
 
