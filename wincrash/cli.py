@@ -21,7 +21,7 @@ import typer
 
 from wincrash import __version__
 from wincrash.choices import CrashDumpKind, DmpFormat, Profile, QemuDumpFormat
-from wincrash.door import PROG, Command, Group, positive_seconds, readable, size, usage_message
+from wincrash.door import PROG, Command, Group, positive_seconds, readable, recovery_key, size, usage_message
 from wincrash.errors import EXIT_ERROR, EXIT_INTERRUPTED, WincrashError
 from wincrash.render import error_line, render
 
@@ -183,7 +183,8 @@ def grab_pagefile(
     force_share: Annotated[bool, typer.Option(
         "--force-share", help="Read a disk a running VM holds locked (the data may be inconsistent).")] = False,
     recovery_key: Annotated[str | None, typer.Option(
-        "--recovery-key", metavar="KEY", help="BitLocker recovery key (48 digits) for an encrypted volume.")] = None,
+        "--recovery-key", metavar="KEY", callback=recovery_key,
+        help="BitLocker recovery key (48 digits) for an encrypted volume.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files already in the folder.")] = False,
     json_out: JsonOpt = False,
 ) -> None:

@@ -160,7 +160,10 @@ def open_appliance(images: list[ImageInfo], readonly: bool = True, force_share: 
                         "`wincrash doctor` and `libguestfs-test-tool`; LIBGUESTFS_BACKEND_SETTINGS=force_tcg "
                         f"avoids a KVM that cannot run guests; {TIMEOUT_ENV}=SECONDS allows longer") from None
                 raise WincrashError(f"cannot start the libguestfs appliance: {_clean_guestfs_error(exc)}") from None
-        yield Appliance(g=g, images=images, readonly=readonly, launch_seconds=time.monotonic() - started)
+        try:
+            yield Appliance(g=g, images=images, readonly=readonly, launch_seconds=time.monotonic() - started)
+        except RuntimeError as exc:  # a libguestfs call nobody wrapped: still one line, never a traceback
+            raise WincrashError(f"libguestfs: {_clean_guestfs_error(exc)}") from None
         if not readonly:
             # Flush the guest's writes to the images before we report success.
             g.umount_all()

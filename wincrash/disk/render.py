@@ -73,5 +73,7 @@ def print_prepare(result: PrepareResult) -> None:
         print(f"  {c.where(result.control_set)}: {_show(c.before)} -> {_show(c.after)}{created}")
     if result.dry_run:
         print("dry run: nothing was written")
+    elif result.unchanged:
+        print("every value is already set: nothing was written, no backup kept")
     else:
         print("written and read back; the values take effect at the guest's next boot")
