@@ -28,20 +28,23 @@ def progress_wanted() -> bool:
 
 
 @contextlib.contextmanager
-def byte_progress(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(nbytes)``; show a bar with throughput while the block runs.
+def byte_progress(description: str, total: int | None, enabled: bool = True,
+                  speed: bool = False) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(nbytes)``; show a bar (bytes done of ``total``, time left) while the block runs.
 
-    ``total`` is in bytes (None: unknown). Nothing is shown when ``enabled`` is False or stderr is
-    not a terminal.
+    ``total`` is in bytes (None: unknown). ``speed``: also show bytes per second; only for copies
+    where every byte advanced was really read and written (a download), never where holes and
+    skipped zero pages advance the bar (a dump: "311 GB/s" would be a lie). Nothing is shown when
+    ``enabled`` is False or stderr is not a terminal.
     """
     if not enabled or not progress_wanted():
         yield lambda _n: None
         return
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True)]
+    if speed:
+        columns.append(TransferSpeedColumn())
     progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        *columns,
         TimeRemainingColumn(),
         console=stderr_console,
         transient=False,

@@ -43,7 +43,7 @@ def download(g: Any, remote: str, local: Path, expected_size: int, force: bool =
 
     started = time.monotonic()
     with atomic_output(local, force, inputs) as fh, \
-            byte_progress(label or local.name, expected_size, progress) as advance:
+            byte_progress(label or local.name, expected_size, progress, speed=True) as advance:
         done = [0]
 
         def on_progress(_event: int, _handle: int, _buf: bytes, array: list[int]) -> None:
