@@ -73,7 +73,7 @@ def _print_rows(console: Console, rows: list[Any], indent: str, what: str) -> No
     natural = len(indent) + sum(2 + max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys))
     if natural > console.width:  # a table would cut values short ("0xfffff…"): one block per row instead
         label = max(len(k) for k in keys)
-        for n, cell in enumerate(cells):
+        for cell in cells:
             for i, key in enumerate(keys):
                 console.print(f"{indent}{'- ' if i == 0 else '  '}{key.ljust(label)}  {cell[i]}")
         if len(rows) > TEXT_ROWS_SHOWN:
