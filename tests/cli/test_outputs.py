@@ -157,3 +157,19 @@ def test_sigterm_and_sighup_stop_a_command_like_ctrl_c(tmp_path: Path) -> None:
 def test_tests_keep_only_failed_tmp_folders() -> None:
     options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert options["tmp_path_retention_policy"] == "failed"
+
+
+def test_readme_synopses_list_every_flag() -> None:
+    """Each `### wincrash CMD ...` synopsis of the README names every option `CMD --help` shows."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    synopses = dict(re.findall(r"^### `wincrash ([a-z-]+) ([^`]*)`", readme, re.M))
+    assert set(synopses) == {"info", "convert", "nmi", "dump", "capture", "doctor", "grab-pagefile", "prepare"}
+    short = {"--output": "-o", "--output-dir": "-o", "--connect": "--connect"}
+    for command, synopsis in synopses.items():
+        proc = run_wincrash(command, "--help", env={"COLUMNS": "300"})
+        flags = set(re.findall(r"^\s*│?\s*(--[a-z-]+)", proc.stdout, re.M)) - {"--help"}
+        assert "--json" in flags, (command, proc.stdout)
+        missing = [f for f in flags if f not in synopsis and short.get(f, f) not in synopsis]
+        assert not missing, (command, missing)
