@@ -12,6 +12,7 @@ optional dependency (libguestfs) only affects the commands that need it.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ import typer
 
 from wincrash import __version__
 from wincrash.choices import CrashDumpKind, DmpFormat, Profile, QemuDumpFormat
-from wincrash.door import PROG, Command, Group, positive_seconds, readable, size, usage_message
+from wincrash.door import PROG, Command, Group, positive_seconds, readable, recovery_key, size, usage_message
 from wincrash.errors import EXIT_ERROR, EXIT_INTERRUPTED, WincrashError
 from wincrash.render import error_line, render
 
@@ -182,7 +183,8 @@ def grab_pagefile(
     force_share: Annotated[bool, typer.Option(
         "--force-share", help="Read a disk a running VM holds locked (the data may be inconsistent).")] = False,
     recovery_key: Annotated[str | None, typer.Option(
-        "--recovery-key", metavar="KEY", help="BitLocker recovery key (48 digits) for an encrypted volume.")] = None,
+        "--recovery-key", metavar="KEY", callback=recovery_key,
+        help="BitLocker recovery key (48 digits) for an encrypted volume.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files already in the folder.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -255,11 +257,18 @@ def main() -> None:
 
     typer runs without its standalone mode, so usage errors reach us (one `wincrash: error:` line,
     exit 2) instead of its usage box; WincrashError gives its message and exit code; Ctrl-C exits
-    130; a bug still gets one line, no traceback (WINCRASH_DEBUG=1 shows it).
+    130 and SIGTERM/SIGHUP 143/129 (wincrash.interrupts: handled like Ctrl-C, so partial outputs are
+    removed), each with "wincrash: interrupted"; a bug still gets one line, no traceback
+    (WINCRASH_DEBUG=1 shows it).
     """
+    from wincrash import interrupts
+
+    interrupts.install()
     try:
         code = app(prog_name=PROG, standalone_mode=False)
     except WincrashError as exc:
+        if exc.exit_code == EXIT_INTERRUPTED:
+            _interrupted(exc.message)
         print(error_line(exc.message), file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:
@@ -267,8 +276,7 @@ def main() -> None:
             print(error_line(usage_message(exc)), file=sys.stderr)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_ERROR)
     except (KeyboardInterrupt, typer.Abort):
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted()
     except Exception as exc:  # noqa: BLE001 - the user must never see a traceback
         if os.environ.get("WINCRASH_DEBUG"):
             raise
@@ -276,5 +284,14 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(EXIT_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into exit 130
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _interrupted()
     sys.exit(code or 0)
+
+
+def _interrupted(detail: str | None = None) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP: "wincrash: interrupted[: what was not done]", exit 130/143/129."""
+    from wincrash.interrupts import exit_code
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the message short
+    print(f"{PROG}: interrupted" + (f": {detail}" if detail else ""), file=sys.stderr)
+    sys.exit(exit_code(EXIT_INTERRUPTED))

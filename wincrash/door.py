@@ -8,6 +8,7 @@ flags bare). The checks run while typer parses, before any slow work, and raise 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -86,6 +87,23 @@ def readable(what: str, hint: str = "try sudo, or check the file's owner") -> An
     return check
 
 
+RECOVERY_KEY = re.compile(r"\d{6}(?:-\d{6}){7}")
+
+
+def recovery_key(value: str | None) -> str | None:
+    """A parameter callback for --recovery-key: BitLocker's 48-digit recovery password, 8 groups of 6 digits
+    (dashes or spaces between groups, or none), each group a multiple of 11 below 720,896 (the format
+    Microsoft documents for BitLocker recovery passwords). Returns the dashed form."""
+    if value is None:
+        return None
+    digits = re.sub(r"[\s-]", "", value)
+    groups = [digits[i:i + 6] for i in range(0, 48, 6)]
+    if not re.fullmatch(r"\d{48}", digits) or any(int(g) % 11 or int(g) >= 720896 for g in groups):
+        raise WincrashError("--recovery-key: give the 48-digit BitLocker recovery key (8 groups of 6 digits, "
+                            "e.g. 123456-...; each group a multiple of 11)")
+    return "-".join(groups)
+
+
 def positive_seconds(value: float | None) -> float | None:
     """A parameter callback for --wait: a positive number of seconds (or None)."""
     if value is not None and value <= 0:
@@ -121,7 +139,10 @@ def usage_message(exc: typer.TyperException) -> str:
             descriptor = getattr(param, "type_descriptor", None)  # the enum's own spelling, not typer's lowercase
             names = [str(c) for c in getattr(descriptor, "choices", None) or ()] or \
                 [c.strip("' ") for c in choice.group("choices").split(",")]
-            message = f"{name} {choice.group('value')}: unknown {name.lstrip('-')}, choose one of {', '.join(names)}"
+            value = choice.group("value")
+            close = difflib.get_close_matches(value.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+            hint = next((f"did you mean {n}? " for n in names if close and n.lower() == close[0]), "")
+            message = f"{name} {value}: unknown {name.lstrip('-')}, {hint}choose one of {', '.join(names)}"
         else:
             message = f"{name}: {message.removeprefix('Value error, ')}"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,8 +93,12 @@ def _start_dump(guest, out: Path) -> subprocess.Popen[str]:  # noqa: ANN001
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until the dump is really under way
+        # the output being written: a nameless O_TMPFILE the process holds (or a hidden partial name)
         partial = [p for p in out.parent.iterdir() if ".wincrash-partial-" in p.name]
-        if partial and partial[0].stat().st_size > 32 << 20:
+        with contextlib.suppress(OSError):
+            partial += [fd for fd in Path(f"/proc/{proc.pid}/fd").iterdir()
+                        if os.readlink(fd).startswith(f"{out.parent}/#")]
+        if partial and max(p.stat().st_size for p in partial) > 32 << 20:
             return proc
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)

@@ -13,12 +13,11 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import kdmp_parser
 import pytest
-from helpers import REPO, dump_read_va, first_module_name, run_wincrash, sparse_copy, u64
+from helpers import REPO, dump_read_va, first_module_name, run_wincrash, sparse_copy, u64, wait_for_output_started
 from wincrash_testkit.synth.guest import GuestSpec, generate
 from wincrash_testkit.synth.writers import elf_layout, write_qemu_elf
 
@@ -254,8 +253,11 @@ def test_unwritable_output(small_guest, tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
-    guest, elf = make_guest(tmp_path, build=19041, cpus=2, ram_mib=16384, seed=9, crashed=False)
+@pytest.fixture(scope="module")
+def slow_elf(tmp_path_factory):
+    """An ELF whose conversion takes seconds: 1 GiB of real data (not holes) in a 16 GiB guest (built once)."""
+    folder = tmp_path_factory.mktemp("slow")
+    guest, elf = make_guest(folder, build=19041, cpus=2, ram_mib=16384, seed=9, crashed=False)
     # Make the copy slow enough to interrupt: 1 GiB of real data, not holes, written 1 MiB at a time (not built
     # in memory) from file offset 8 GiB on, into RAM the guest left empty (never over its kernel or tables).
     _, placed, _ = elf_layout(guest)
@@ -270,17 +272,26 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
                 fh.write(chunk)
                 written += 1
             offset += len(chunk)
+    yield elf
+    elf.unlink()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129),
+                                           (signal.SIGKILL, -9)])
+def test_ctrl_c_mid_write_leaves_nothing(tmp_path, slow_elf, sig, code):
+    """Ctrl-C, `kill`/`timeout`/systemd (SIGTERM), a dropped SSH session (SIGHUP) and even SIGKILL leave no file."""
+    elf = slow_elf
     out = tmp_path / "out.dmp"
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "convert", str(elf), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(tmp_path.glob(".out.dmp.wincrash-partial-*")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    assert wait_for_output_started(proc, tmp_path)
+    proc.send_signal(sig)
     _stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert not out.exists() and not list(tmp_path.glob(".out.dmp*"))
     assert "Traceback" not in stderr
+    if sig != signal.SIGKILL:
+        assert "wincrash: interrupted" in stderr
 
 
 def test_32bit_guest_is_refused(small_guest, tmp_path):

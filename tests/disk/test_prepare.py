@@ -109,3 +109,23 @@ def test_prepare_writes_values_and_keeps_everything_else(disks, sha256, tmp_path
     assert {k: v for k, v in after_all.items() if k not in ours} == {k: v for k, v in before_all.items()
                                                                       if k not in ours}
     assert len(before_all) > 50_000
+
+
+@pytest.mark.guestfs
+@pytest.mark.slow
+def test_prepare_twice_changes_nothing_the_second_time(disks, sha256, tmp_path: Path) -> None:
+    """Values already as asked: no hive write, no backup kept, the image unchanged."""
+    backups = tmp_path / "again"
+    backups.mkdir()
+    args = ("prepare", disks.prepare_a, "--dump", "kernel", "--backup-dir", backups, "--json")
+    first = run_wincrash(*args)
+    assert first.returncode == 0, first.stderr
+    before = sha256(disks.prepare_a)
+    kept = sorted(backups.iterdir())
+    second = run_wincrash(*args)
+    assert second.returncode == 0, second.stderr
+    result = json.loads(second.stdout)
+    assert result["unchanged"] is True and result["backup"] is None
+    assert all(c["before"] == c["after"] for c in result["changes"])
+    assert sorted(backups.iterdir()) == kept, "no second backup"
+    assert sha256(disks.prepare_a) == before

@@ -12,7 +12,8 @@ import pytest
 from doctor_helpers import FakeHost, QemuStarter
 from helpers import run_wincrash
 
-HOST_CHECKS = ["host.kvm", "host.cpu-virt", "host.nested", "host.kernel", "host.qemu", "host.firmware"]
+HOST_CHECKS = ["host.kvm", "host.kvm-runs-guests", "host.cpu-virt", "host.nested", "host.kernel", "host.qemu",
+               "host.firmware"]
 VM_CHECKS = ["vm.status", "vm.machine", "vm.cpu-virt", "vm.hyperv", "vm.hyperv-extra", "vm.panic", "vm.vmcoreinfo",
              "vm.free-space"]
 
@@ -29,7 +30,7 @@ def test_all_ok_exits_0(fake_host: FakeHost) -> None:
     fake_host.good_intel()
     proc = run_wincrash("doctor", "--host-root", fake_host.root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("6 ok, 0 warnings, 0 failures: all checks passed")
+    assert proc.stdout.strip().endswith("7 ok, 0 warnings, 0 failures: all checks passed")
     assert "fix:" not in proc.stdout and proc.stderr == ""
 
 

@@ -159,3 +159,23 @@ def test_unknown_firmware_warns_and_never_guesses(tmp_path: Path) -> None:
     check = fw.check_firmware("-bios", "bios-256k.bin", None, "remote host")
     assert check.status == "warn" and check.found == "firmware unknown: remote host"
     assert check.details["version"] is None
+
+
+def test_kvm_that_cannot_run_guests_is_a_failure(tmp_path: Path) -> None:
+    """/dev/kvm answering its API is not enough: without vmx/svm (nested host, kvm_pvm) full guests hang.
+    The real /dev/kvm (it must create a VM and a vCPU) with a cpuinfo with and without vmx."""
+    from wincrash.doctor.host import check_kvm_runs
+
+    if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("this machine has no /dev/kvm this user can open")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "kvm").symlink_to("/dev/kvm")
+    (tmp_path / "proc").mkdir()
+    cpuinfo = tmp_path / "proc" / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 hypervisor\n")
+    check = check_kvm_runs(HostRoot(tmp_path))
+    assert check.status == "fail" and "neither vmx nor svm" in check.found and "force_tcg" in check.fix
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 vmx\n")
+    assert check_kvm_runs(HostRoot(tmp_path)).status == "ok"
+    (tmp_path / "dev" / "kvm").unlink()
+    assert check_kvm_runs(HostRoot(tmp_path)).status == "fail"

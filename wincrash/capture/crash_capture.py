@@ -126,6 +126,12 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
     from wincrash.convert.pipeline import convert_file
 
     elf = _elf_path(out, keep_elf)
+    if elf == out:
+        raise WincrashError(f"{out}: with --keep-elf the ELF would be written over the DMP (same name): "
+                            "give the output a .dmp name")
+    check_destination(out, force)  # before connecting, long before any NMI or pause
+    if keep_elf:
+        check_destination(elf, force)
     try:
         try:
             got = asyncio.run(_capture_memory(vm, connect, out, elf, fmt, crash, keep_elf, wait, force,

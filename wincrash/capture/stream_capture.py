@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from wincrash.convert.pipeline import ConversionResult, input_warnings
 from wincrash.dmp.plan import DumpPlan, plan_dump
@@ -29,7 +29,7 @@ from wincrash.errors import WincrashError
 from wincrash.formats.qemu_registers import parse_info_registers
 from wincrash.memory.fetched_source import FetchedSource
 from wincrash.memory.source import PhysicalSource
-from wincrash.output import atomic_output, check_free_space, partial_path
+from wincrash.output import atomic_output, check_free_space, replacement
 from wincrash.progress import byte_progress
 from wincrash.vm.connection import VmConnection
 from wincrash.vm.errors import VmError
@@ -85,26 +85,15 @@ async def find_runs(conn: VmConnection, fmt: str) -> tuple[tuple[int, int], ...]
         raise CannotStream(f"Windows was not found through the monitor ({exc})") from None
 
 
-@contextlib.contextmanager
-def _replacing(out: Path, fmt: str, advance: Callable[[int], None]) -> Iterator[Callable[[PhysicalSource, DumpPlan],
-                                                                                        WriteResult]]:
-    """rewrite(source, plan) for finish_stream: write the whole DMP to a new file that takes the place of
-    ``out``'s partial file (atomic_output then fsyncs the old descriptor and renames the new file)."""
-    tmp = out.with_name(f".{out.name}.wincrash-rewrite-{os.getpid()}")
+def _replacing(fh: BinaryIO, out: Path, fmt: str, advance: Callable[[int], None]
+               ) -> Callable[[PhysicalSource, DumpPlan], WriteResult]:
+    """rewrite(source, plan) for finish_stream: write the whole DMP to a new private file that takes the
+    place of ``fh``, ``out``'s atomic output (output.replacement), which atomic_output then publishes."""
 
     def rewrite(source: PhysicalSource, plan: DumpPlan) -> WriteResult:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "r+b") as fh:
-            result = write_dump(source, plan, fmt, fh, advance)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, partial_path(out))
-        return result
-    try:
-        yield rewrite
-    finally:
-        with contextlib.suppress(OSError):  # never created, or already renamed
-            tmp.unlink()
+        with replacement(fh, out) as new:
+            return write_dump(source, plan, fmt, new, advance)
+    return rewrite
 
 
 async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | None, force: bool,
@@ -133,8 +122,8 @@ async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | No
             size, paused = await conn.stream_dump(sink, progress)
         seconds = time.monotonic() - started
         t0 = time.monotonic()
-        with _replacing(out, fmt, lambda _n: None) as rewrite:
-            done = await asyncio.to_thread(finish_stream, sink, out, fmt, rewrite, lambda _n: None)
+        rewrite = _replacing(fh, out, fmt, lambda _n: None)
+        done = await asyncio.to_thread(finish_stream, sink, out, fmt, rewrite, lambda _n: None)
         seconds_writing = time.monotonic() - t0
     after = await conn.status()
     dumped = DumpResult(path=out, format="elf (streamed)", size=size, guest_ram=ram, seconds=seconds,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from wincrash.errors import EXIT_OK, WincrashError
 from wincrash.output import check_destination
 
 MIB = 1 << 20
+MAX_RAM = 64 << 40  # bytes: far above any VM QEMU runs
 # CrashDumpEnabled per --dump (Microsoft's "Overview of memory dump file options"); 'active' is a
 # complete dump with FilterPages=1 (Windows 10 1607+). Keys are choices.CrashDumpKind's values.
 DUMP_TYPES = {"complete": 1, "kernel": 2, "automatic": 7, "active": 1}
@@ -72,6 +74,11 @@ class PrepareResult:
     seconds: float = 0.0
 
     @property
+    def unchanged(self) -> bool:
+        """True when nothing was (or, on a dry run, would be) written: every value was already right."""
+        return not needs_writing(self.changes)
+
+    @property
     def exit_code(self) -> int:
         """Always 0: every failure is a WincrashError instead."""
         return EXIT_OK
@@ -82,7 +89,7 @@ class PrepareResult:
         return {
             "disk": str(self.disk), "device": self.install.device,
             "control_set": self.control_set, "dry_run": self.dry_run,
-            "backup": str(self.backup) if self.backup else None,
+            "backup": str(self.backup) if self.backup else None, "unchanged": self.unchanged,
             "changes": [{"path": c.where(self.control_set), "type": hive.TYPE_NAMES.get(c.vtype, c.vtype),
                          "before": c.before, "after": c.after, "key_created": c.key_created}
                         for c in self.changes],
@@ -114,14 +121,19 @@ def plan(dump: str, nmi: bool, keyboard: bool, no_auto_reboot: bool,
 
 
 def parse_size(text: str | None) -> int | None:
-    """'8G', '8192M', '8GiB', '4096' (MiB) -> bytes; None stays None. WincrashError naming --ram otherwise."""
+    """'8G', '8192M', '8GiB', '4096' (MiB) -> bytes; None stays None. WincrashError naming --ram otherwise
+    (not a size, or outside 1 MiB .. MAX_RAM: x86-64's 52-bit physical address space is 4 PiB, QEMU's
+    largest guests are a few TiB)."""
     if text is None:
         return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
     if not match:
-        raise WincrashError(f"--ram {text}: give a size such as 8G or 8192M")
-    number, unit = float(match.group(1)), match.group(2).upper() or "M"
-    return int(number * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
+        raise WincrashError(f"--ram {text[:40]}: give a size such as 8G or 8192M")
+    number, unit = Decimal(match.group(1)), match.group(2).upper() or "M"
+    value = int(number * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
+    if not MIB <= value <= MAX_RAM:
+        raise WincrashError(f"--ram {text}: give the VM's memory, between 1M and {MAX_RAM >> 40}T")
+    return value
 
 
 def check_pagefile(install: WindowsInstall, dump: str, ram: int | None,
@@ -261,9 +273,18 @@ def prepare(disk: Path, *, dump: str = "automatic", nmi: bool = True, keyboard: 
         pagefile = f"{mount_point(install.device)}/pagefile.sys"
         size = g.filesize(pagefile) if g.is_file(pagefile) else None
         warnings = check_pagefile(install, dump, ram, size)
-        if backup is not None:
-            download(g, install.hive_path, backup, g.filesize(install.hive_path), progress=False)
+        control_set, applied = _apply(g, install.hive_path, changes, write=False)
+        if not dry_run and needs_writing(applied):
+            download(g, install.hive_path, backup, g.filesize(install.hive_path), progress=False,
+                     inputs=[disk])
             _remount_rw(g, install.device)
-        control_set, applied = _apply(g, install.hive_path, changes, write=not dry_run)
+            control_set, applied = _apply(g, install.hive_path, changes, write=True)
+        else:
+            backup = None  # already set as asked (or a dry run): nothing written, no backup kept
     return PrepareResult(disk=disk, install=install, control_set=control_set, changes=applied, backup=backup,
                          dry_run=dry_run, warnings=tuple(warnings), seconds=time.monotonic() - started)
+
+
+def needs_writing(changes: tuple[Change, ...]) -> bool:
+    """True when some value differs from what it should become (or its key is missing)."""
+    return any(c.key_created or c.before != c.value for c in changes)

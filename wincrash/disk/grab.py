@@ -7,6 +7,7 @@ look at the copied pagefiles on the host and cut out the dump any of them holds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wincrash.disk.download import download
-from wincrash.disk.guestfs_backend import open_appliance
+from wincrash.disk.guestfs_backend import open_appliance, phase
 from wincrash.disk.image import ImageInfo, probe_image
 from wincrash.disk.locate import (
     GuestFile,
@@ -79,15 +80,43 @@ def local_name(install: WindowsInstall, f: GuestFile) -> Path:
     return Path(*[part for part in rest.split("\\") if part not in ("", ".", "..")])
 
 
-def _prepare_dir(path: Path) -> None:
-    try:  # every level we create is private (mkdir's parents=True would make the upper ones 0755)
+def existing_ancestor(path: Path) -> Path:
+    """The nearest folder of ``path`` (itself included) that exists."""
+    path = path.absolute()
+    return next(level for level in (path, *path.parents) if level.exists())
+
+
+def check_output_dir(path: Path) -> None:
+    """Before any slow work: ``path`` is a folder or can be made one (its nearest existing level is a
+    writable folder). Nothing is created here. WincrashError otherwise."""
+    level = existing_ancestor(path)
+    if not level.is_dir():
+        raise WincrashError(f"{level}: is a file, not a folder (--output-dir)")
+    if not os.access(level, os.W_OK | os.X_OK):
+        raise WincrashError(f"{level}: output folder is not writable")
+
+
+def _prepare_dir(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents, each private (0700: mkdir's parents=True would make the upper
+    ones 0755); return the folders made, outermost first."""
+    made: list[Path] = []
+    try:
         for level in reversed([path, *path.parents]):
             if not level.exists():
                 level.mkdir(mode=0o700)
+                made.append(level)
     except OSError as exc:
         raise WincrashError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise WincrashError(f"{path}: output folder is not writable")
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders we made (innermost first) that stayed empty: a failed run leaves nothing."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _find_windows(g: Any, recovery_key: str | None, images: list[ImageInfo]) -> tuple[list[WindowsInstall], list[str]]:
@@ -127,32 +156,39 @@ def grab(disks: list[Path], out_dir: Path, *, force_share: bool = False, recover
                      "inconsistent" for info in images if info.in_use and force_share)
     timings: dict[str, float] = {}
     copied: list[tuple[GuestFile, Path]] = []
-    _prepare_dir(out_dir)
-    with open_appliance(list(images), readonly=True, force_share=force_share) as app:
-        timings["launch_s"] = app.launch_seconds
-        g = app.g
-        mark = time.monotonic()
-        found, devices = _find_windows(g, recovery_key, list(images))
-        installs = tuple(locate_files(g, read_settings(g, install), devices) for install in found)
-        timings["inspection_s"] = time.monotonic() - mark
-        total = sum(f.size for i in installs for f in i.files)
-        check_free_space(out_dir / "x", total)
-        mark = time.monotonic()
-        for install in installs:
-            base = out_dir if len(installs) == 1 else out_dir / mount_point(install.device).lstrip("/")
-            for f in install.files:
-                target = base / local_name(install, f)
-                _prepare_dir(target.parent)
-                download(g, f.mount_path, target, f.size, force=force, progress=progress, label=f.windows_path)
-                copied.append((f, target))
-        timings["download_s"] = time.monotonic() - mark
+    check_output_dir(out_dir)  # before the appliance starts; the folder is made once there is something to copy
+    made: list[Path] = []
+    try:
+        with open_appliance(list(images), readonly=True, force_share=force_share) as app:
+            timings["launch_s"] = app.launch_seconds
+            g = app.g
+            mark = time.monotonic()
+            with phase("finding Windows and its crash files"):
+                found, devices = _find_windows(g, recovery_key, list(images))
+                installs = tuple(locate_files(g, read_settings(g, install), devices) for install in found)
+            timings["inspection_s"] = time.monotonic() - mark
+            total = sum(f.size for i in installs for f in i.files)
+            check_free_space(existing_ancestor(out_dir) / "x", total)
+            mark = time.monotonic()
+            for install in installs:
+                base = out_dir if len(installs) == 1 else out_dir / mount_point(install.device).lstrip("/")
+                for f in install.files:
+                    target = base / local_name(install, f)
+                    made += _prepare_dir(target.parent)
+                    download(g, f.mount_path, target, f.size, force=force, progress=progress, label=f.windows_path,
+                             inputs=disks)
+                    copied.append((f, target))
+            timings["download_s"] = time.monotonic() - mark
+    except BaseException:
+        _remove_empty(made)
+        raise
     dumps: list[tuple[Path, EmbeddedDump | None]] = []
     for f, target in copied:
         if f.role != "pagefile":
             continue
         if starts_with_dump(target):
             out = target.with_name(target.stem + "-dump.dmp")
-            dumps.append((target, extract_dump(target, out, force=force, progress=progress)))
+            dumps.append((target, extract_dump(target, out, force=force, progress=progress, inputs=disks)))
         else:
             dumps.append((target, None))
     timings["total_s"] = time.monotonic() - started

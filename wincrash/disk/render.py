@@ -19,15 +19,24 @@ def _windows_dir(letter: str, systemroot: str) -> str:
     return f"{letter}:{systemroot.replace('/', chr(92))}"
 
 
+def _setting(value: Any) -> str:
+    """A registry value as Windows tools show it: REG_MULTI_SZ entries joined by '; ', text as is."""
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value) or "(empty)"
+    return str(value)
+
+
 def print_grab(result: GrabResult) -> None:
     """What was found and copied, and what each pagefile held."""
     for install in result.installs:
-        how = f"inspection: {install.product}" if install.found_by == "inspection" else "scanning NTFS"
+        product = install.product if install.product and install.product.lower() != "unknown" else None
+        how = ("inspection" + (f": {product}" if product else "")) if install.found_by == "inspection" \
+            else "scanning NTFS"
         print(f"Windows on {install.device} ({_windows_dir(install.letter, install.systemroot)}, found by {how}), "
               f"control set {install.control_set or 'unknown'}")
         for key in ("CrashDumpEnabled", "DumpFile", "MinidumpDir", "PagingFiles"):
             if install.settings.get(key) is not None:
-                print(f"  {key}: {install.settings[key]}")
+                print(f"  {key}: {_setting(install.settings[key])}")
         for note in install.notes:
             print(f"  note: {note}")
     for f, target in result.copied:
@@ -64,5 +73,7 @@ def print_prepare(result: PrepareResult) -> None:
         print(f"  {c.where(result.control_set)}: {_show(c.before)} -> {_show(c.after)}{created}")
     if result.dry_run:
         print("dry run: nothing was written")
+    elif result.unchanged:
+        print("every value is already set: nothing was written, no backup kept")
     else:
         print("written and read back; the values take effect at the guest's next boot")

@@ -46,9 +46,11 @@ def describe_container(fh: BinaryIO, path: str, size: int) -> Report | None:
                         title=f"{compression}-compressed {_inner_name(inner)}")
         report.notes.append(f"convert decompresses it next to the output (or by hand: `{UNDO[compression]} {path} "
                             "> memory.raw`)")
+        report.unchecked = f"the {compression} stream (only its first bytes were read)"
         return report
     if head[:4] == b"EMiL":
-        return Report(path=path, size=size, kind="lime", title="LiME physical memory image (convert reads it)")
+        return Report(path=path, size=size, kind="lime", title="LiME physical memory image (convert reads it)",
+                      unchecked="the LiME ranges and their memory (only the first header was read)")
     tail = os.pread(fh.fileno(), 512, max(0, size - 512)) if size >= 1024 else b""
     named = what_is_it(head, tail, size)
     if named:
@@ -100,6 +102,7 @@ def _describe_libvirt_save(fh: BinaryIO, path: str, size: int, head: bytes) -> R
     if HEADER_SIZE + header.data_len >= size:
         report.problems.append("truncated: no memory stream after the domain XML")
     report.notes.append("`wincrash convert` converts the QEMU migration stream inside")
+    report.unchecked = "the QEMU migration stream inside (only the libvirt header and domain XML were read)"
     return report
 
 
@@ -123,4 +126,5 @@ def _describe_kdump(fh: BinaryIO, path: str, size: int) -> Report:
     if layout.truncated:
         report.problems.append("truncated: the flattened stream ends before its end marker")
     report.notes.append("`wincrash convert` decompresses its pages next to the output")
+    report.unchecked = "the compressed pages (only headers, bitmaps and notes were read)"
     return report

@@ -54,6 +54,9 @@ class Report:
     sections: dict[str, Any] = field(default_factory=dict)  # ordered: name -> dict or list of rows
     problems: list[str] = field(default_factory=list)  # soundness warnings
     notes: list[str] = field(default_factory=list)  # facts worth saying that are not problems
+    # What was NOT read, when info looked at the headers only (containers: kdump, libvirt save, LiME,
+    # compressed streams): such a file is never called "sound". "" = every soundness check ran.
+    unchecked: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -70,7 +73,8 @@ class Report:
             **self.sections,
             "problems": self.problems,
             "notes": self.notes,
-            "sound": not self.problems,
+            "sound": None if self.unchecked and not self.problems else not self.problems,
+            "unchecked": self.unchecked or None,
             "exit_code": self.exit_code,
         }
 
