@@ -71,7 +71,7 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Say what is in a dump-like file and whether it is sound (exit 0 sound, 1 problems, 2 unreadable)."""
-    from wincrash.info import describe_file
+    from wincrash.describe import describe_file
     from wincrash.info.render import print_report
 
     raise typer.Exit(render(describe_file(file), as_json=json_out, text=print_report))

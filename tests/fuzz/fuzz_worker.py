@@ -18,9 +18,9 @@ from pathlib import Path
 
 def _one(path: Path, fmt: str, mode: str) -> str | None:
     from wincrash.convert.pipeline import convert_file
+    from wincrash.describe import describe_file
     from wincrash.disk.pagefile import extract_dump
     from wincrash.errors import WincrashError
-    from wincrash.info import describe_file
 
     out = path.with_name(path.name + ".out.dmp")
     try:
@@ -52,7 +52,7 @@ def main() -> None:
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import wincrash.convert.pipeline  # noqa: F401 - imported once, before the first deadline
-    import wincrash.info  # noqa: F401
+    import wincrash.describe  # noqa: F401
 
     for line in sys.stdin:
         item = json.loads(line)

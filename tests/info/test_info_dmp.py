@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_wincrash, sample_file
 
+from wincrash.describe import describe_file
 from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
 from wincrash.formats.context import CONTEXT_AMD64_STRUCT, CONTEXT_FULL
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, PAGE_SIZE
-from wincrash.info import describe_file
 
 
 def info_json(path: Path) -> tuple[int, dict]:

@@ -10,8 +10,8 @@ from helpers import SHARED_SAMPLES, sample_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wincrash.describe import describe_file
 from wincrash.errors import WincrashError
-from wincrash.info import describe_file
 
 MAGICS = [b"PAGEDU64", b"PAGEDUMP", b"\x7fELF\x02\x01\x01\x00", b"MDMP", b"QEVM", b"KDUMP   "]
 

@@ -84,7 +84,7 @@ class _Captured:
 
 async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, fmt: str, crash: bool, keep_elf: bool,
                           wait: float, force: bool, show_progress: bool) -> _Captured:
-    from wincrash.capture.stream_capture import CannotStream, find_runs, stream_capture
+    from wincrash.convert.stream import CannotStream, find_runs, stream_capture
 
     async with open_vm(vm, connect) as connection:
         ram = await connection.memory_size()

@@ -43,7 +43,7 @@ def print_capture(result: CaptureResult, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    from wincrash.info import describe_file
+    from wincrash.describe import describe_file
     from wincrash.info.render import print_report
 
     if result.panic is not None:

@@ -51,8 +51,8 @@ def extract_dump(pagefile: Path, out: Path, force: bool = False, progress: bool 
 
     ``out`` is never ``pagefile`` nor one of ``inputs`` (WincrashError), whatever ``force`` says.
     """
+    from wincrash.describe import describe_file  # noqa: PLC0415
     from wincrash.dmp.reader import dump_extent  # noqa: PLC0415 - keeps `grab-pagefile` import light
-    from wincrash.info import describe_file  # noqa: PLC0415
 
     with open(pagefile, "rb") as src:
         extent = dump_extent(src)

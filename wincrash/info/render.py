@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wincrash.info.report import Report
+from wincrash.describe.report import Report
 
 TABLE_SECTIONS = {"runs", "drivers", "cpus", "segments"}
 TEXT_ROWS_SHOWN = 10  # text output shows this many rows of a long table; --json has every row

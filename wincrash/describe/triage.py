@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 
 from construct import Container
 
+from wincrash.describe.report import Report, hx
 from wincrash.dmp.reader import read_at
 from wincrash.formats.kdbg import KDBG_OWNER_TAG, KDDEBUGGER_DATA64
 from wincrash.formats.triage import (
@@ -18,7 +19,6 @@ from wincrash.formats.triage import (
     TRIAGE_DATA_BLOCK64,
     TRIAGE_VALID,
 )
-from wincrash.info.report import Report, hx
 
 
 def describe_triage(fh: BinaryIO, triage: Container | None, report: Report) -> None:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
+from wincrash.describe.bugcheck import bugcheck_section
+from wincrash.describe.context import describe_context
+from wincrash.describe.rdmp import describe_rdmp
+from wincrash.describe.report import Report, duration_100ns, filetime_to_iso, hx
+from wincrash.describe.triage import describe_triage
 from wincrash.dmp.pagemap import bitmap_counts
 from wincrash.dmp.reader import BITMAP_TYPES, RUN_TYPES, DmpFile, is_page_pattern, read_at, read_dmp
 from wincrash.formats.dump import (
@@ -22,11 +27,6 @@ from wincrash.formats.dump import (
     RDMP_TYPES,
     DumpType,
 )
-from wincrash.info.bugcheck import bugcheck_section
-from wincrash.info.context import describe_context
-from wincrash.info.rdmp import describe_rdmp
-from wincrash.info.report import Report, duration_100ns, filetime_to_iso, hx
-from wincrash.info.triage import describe_triage
 
 __all__ = ["check_runs", "describe_dmp", "hx"]
 
@@ -86,7 +86,7 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
     }
     report.sections["bugcheck"] = bugcheck_section(header.BugCheckCode, header.BugCheckParameter)
     _check_header(dmp, type_name, machine, report)
-    # Per-architecture CONTEXT (wincrash/info/context.py).
+    # Per-architecture CONTEXT (wincrash/describe/context.py).
     found = describe_context(header.ContextRecordBuffer, header.MachineImageType, dump_type in RUN_TYPES + RDMP_TYPES)
     report.sections["context"] = found.section
     report.problems.extend(found.problems)
@@ -97,7 +97,7 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
         _describe_runs(fh, dmp, report)
     elif dump_type == DumpType.TRIAGE and dmp.is64:
         describe_triage(fh, dmp.triage, report)
-    elif dump_type in RDMP_TYPES and dmp.is64:  # DumpType 8-10 (wincrash/info/rdmp.py)
+    elif dump_type in RDMP_TYPES and dmp.is64:  # DumpType 8-10 (wincrash/describe/rdmp.py)
         if dmp.runs is not None:
             _describe_runs(fh, dmp, report)
         rdmp = describe_rdmp(fh, dump_type, size, list(dmp.runs.runs) if dmp.runs is not None else None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from wincrash.describe.report import Report
 from wincrash.formats.elf import EM_X86_64
-from wincrash.info.report import Report
 from wincrash.memory.qemu_elf import cpu_summary, machine_name, read_elf_layout
 
 

@@ -12,6 +12,7 @@ import os
 import zlib
 from typing import BinaryIO
 
+from wincrash.describe.report import Report
 from wincrash.errors import WincrashError
 from wincrash.formats.compression import UNDO, compression_of
 from wincrash.formats.kdump import COMPRESSION_NAMES, utsname_fields
@@ -24,7 +25,6 @@ from wincrash.formats.libvirt_save import (
     is_libvirt_save,
 )
 from wincrash.formats.not_memory import HEAD_BYTES, what_is_it
-from wincrash.info.report import Report
 from wincrash.memory.qemu_elf import cpu_summary
 
 PEEK = 64 << 10
