@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wincrash_testkit.synth import kdbg_codec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 M64 = (1 << 64) - 1
 u64 = st.integers(min_value=0, max_value=M64)
 

@@ -8,7 +8,7 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "wincrash"
+ROOT = Path(__file__).resolve().parents[2] / "wincrash"
 COMMANDS = ("wincrash.info", "wincrash.capture", "wincrash.disk", "wincrash.doctor", "wincrash.cli")
 LOW_LAYERS = ("wincrash.memory", "wincrash.windows", "wincrash.formats")
 # memory/ stands on formats/ and the shared plumbing; the DMP reader (dmp.reader, dmp.pagemap) is a format reader

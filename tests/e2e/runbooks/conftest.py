@@ -4,15 +4,11 @@ in tests/conftest.py, shared with tests/disk, so they are built once per run).""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # runbook_parse.py beside this file, imported by its unique name
 
 
 @pytest.fixture

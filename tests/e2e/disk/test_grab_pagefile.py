@@ -171,7 +171,7 @@ def test_permission_denied(tmp_path: Path) -> None:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                sys.executable, "-m", "wincrash", "grab-pagefile", str(image), "-o", "/tmp/never-written"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
         if "No module named" in proc.stderr:
             pytest.skip(f"the CLI cannot run as an unprivileged user here: {proc.stderr.strip()[-200:]}")
     _assert_one_line_error(proc, "permission denied")

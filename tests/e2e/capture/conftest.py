@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-# capture_helpers.py sits beside this file; tests import it by its (unique) name.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from wincrash_testkit.testguest.memory import GuestMemory, trivial_memory
 from wincrash_testkit.testguest.vm import TestGuest
 

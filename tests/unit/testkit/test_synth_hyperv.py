@@ -25,7 +25,7 @@ from wincrash_testkit.synth.writers import write_qemu_elf
 
 from wincrash.formats import kdbg
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 CHUNK = 1 << 16
 # (spec kwargs, content hash of the QEMU ELF, sha256 of the truth JSON), re-recorded for issue 10's realism.
