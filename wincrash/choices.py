@@ -2,7 +2,7 @@
 
 Each is a StrEnum, so a member IS its string: domain entry points that take ``str`` accept them,
 and ``--json`` output shows the plain value. Kept in one light module (no heavy imports) so that
-building the CLI stays fast; tests/disk/test_cli_door.py checks that each enum matches the domain
+building the CLI stays fast; tests/cli/test_cli.py checks that each enum matches the domain
 table it mirrors (convert's FORMATS, capture's DUMP_FORMATS, crashcontrol's DUMP_TYPES, the profiles).
 """
 

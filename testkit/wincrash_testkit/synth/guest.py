@@ -3,7 +3,7 @@
 Everything a converter must find is placed as real Windows places it (structure offsets and symbol RVAs of
 the real kernels, encoded KDBG, self-referencing page tables, Windows' own RAM runs); most of RAM stays
 zero, so any size from 256 MiB to 64 GiB costs a few MiB and seconds. Seeded and deterministic: the stages
-below share one RNG, so their order is part of the output (tests/synth/test_synth_hyperv.py pins it).
+below share one RNG, so their order is part of the output (tests/unit/testkit/test_synth_hyperv.py pins it).
 
 Stages, one module each: kernel (ntoskrnl image), objects (drivers, modules, threads), processes, system
 (RAM runs, bugcheck, KUSER_SHARED_DATA), processors, debugger (KDBG), hyperv (root partition), noise.
