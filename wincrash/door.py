@@ -43,30 +43,25 @@ def _clean(params: list[Any]) -> None:
             param.metavar = ""
 
 
-class Command(TyperCommand):
-    """Every command: arguments as `_Argument`, flags without a `<bool>` type (clean --help metavars)."""
+class _CleanHelp:
+    """Arguments as `_Argument`, flags without a `<bool>` type, for a command or the group (clean --help)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - passed through to click
         super().__init__(*args, **kwargs)
-        _clean(self.params)
+        _clean(self.params)  # type: ignore[attr-defined]
 
     def get_help_option(self, ctx: Any) -> Any:  # noqa: ANN401 - click's types
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         _clean([option] if option is not None else [])
         return option
 
 
-class Group(TyperGroup):
+class Command(_CleanHelp, TyperCommand):
+    """Every command, with a clean --help."""
+
+
+class Group(_CleanHelp, TyperGroup):
     """The `wincrash` group itself, with the same clean --help."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - passed through to click
-        super().__init__(*args, **kwargs)
-        _clean(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:  # noqa: ANN401 - click's types
-        option = super().get_help_option(ctx)
-        _clean([option] if option is not None else [])
-        return option
 
 
 def readable(what: str, hint: str = "try sudo, or check the file's owner") -> Any:  # noqa: ANN401

@@ -28,7 +28,7 @@ from typing import BinaryIO
 from construct import Container
 
 from wincrash.errors import WincrashError
-from wincrash.formats.elf import ELF64_NHDR_SIZE, QEMU_CPUSTATE_SIZE, QEMU_NOTE_TYPE, Elf64_Nhdr, QEMUCPUState, note_pad
+from wincrash.formats.elf import QEMU_CPUSTATE_SIZE, QEMU_NOTE_TYPE, QEMUCPUState
 from wincrash.formats.kdump import (
     COMPRESSED_LZO,
     COMPRESSED_SNAPPY,
@@ -45,7 +45,7 @@ from wincrash.formats.kdump import (
     KdumpSubHeader64,
 )
 from wincrash.memory.flattened import FlatReader, PlainReader
-from wincrash.memory.qemu_elf import Segment
+from wincrash.memory.qemu_elf import Segment, iter_notes
 from wincrash.memory.scratch import pwrite_all, scratch_file
 from wincrash.progress import byte_progress
 
@@ -146,18 +146,9 @@ _BYTE_RUNS = tuple(tuple((m.start(), m.end() - m.start()) for m in re.finditer("
 
 def qemu_cpu_notes(data: bytes) -> Iterator[Container]:
     """QEMUCPUState of every 'QEMU' note in an ELF note area (what QEMU stores in kdump's note area)."""
-    pos = 0
-    while pos + ELF64_NHDR_SIZE <= len(data):
-        nh = Elf64_Nhdr.parse(data[pos:pos + ELF64_NHDR_SIZE])
-        name_at = pos + ELF64_NHDR_SIZE
-        desc_at = name_at + nh.n_namesz + note_pad(nh.n_namesz)
-        end = desc_at + nh.n_descsz + note_pad(nh.n_descsz)
-        if desc_at + nh.n_descsz > len(data):
-            return
-        name = data[name_at:name_at + nh.n_namesz].rstrip(b"\0")
-        if name == b"QEMU" and nh.n_type == QEMU_NOTE_TYPE and nh.n_descsz >= QEMU_CPUSTATE_SIZE:
-            yield QEMUCPUState.parse(data[desc_at:desc_at + nh.n_descsz])
-        pos = end
+    for _pos, name, note_type, desc in iter_notes(data):
+        if name == b"QEMU" and note_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
+            yield QEMUCPUState.parse(desc)
 
 
 def _decompressor(flags: int) -> Callable[[bytes], bytes]:

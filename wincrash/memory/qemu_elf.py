@@ -8,6 +8,7 @@ converter copy memory with copy_file_range instead of page by page.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -114,25 +115,33 @@ def _read_notes(fh: BinaryIO, ph: Container, layout: ElfLayout) -> None:
         raise WincrashError(f"truncated or damaged ELF file: the note segment at offset 0x{ph.p_offset:x} "
                             f"({ph.p_filesz:,} bytes) runs past the end of the file ({layout.file_size:,} bytes)")
     data = os.pread(fh.fileno(), ph.p_filesz, ph.p_offset)
+    for pos, name, note_type, desc in iter_notes(data):
+        if name == b"QEMU" and note_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
+            layout.cpus.append(QEMUCPUState.parse(desc))
+        elif name == b"CORE" and note_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
+            layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
+        if max(len(layout.cpus), len(layout.prstatus)) > MAX_VCPU_NOTES:
+            raise WincrashError(f"ELF core with more than {MAX_VCPU_NOTES} vCPU notes (QEMU and KVM allow "
+                                f"{MAX_VCPU_NOTES} vCPUs at most): malformed notes at offset 0x{ph.p_offset + pos:x}")
+
+
+def iter_notes(data: bytes) -> Iterator[tuple[int, bytes, int, bytes]]:
+    """(offset in ``data``, name without NULs, n_type, descriptor) of each ELF note in a note area.
+
+    Elf64_Nhdr, then the name and the descriptor, each padded to 4 bytes (ELF gABI). A note that runs
+    past the end of ``data`` ends the walk: what was complete is kept (an interrupted dump). Used for
+    QEMU's ELF notes and for the same notes in kdump's note area.
+    """
     pos = 0
     while pos + ELF64_NHDR_SIZE <= len(data):
         nh = Elf64_Nhdr.parse(data[pos:pos + ELF64_NHDR_SIZE])
         name_at = pos + ELF64_NHDR_SIZE
         desc_at = name_at + nh.n_namesz + note_pad(nh.n_namesz)
         end = desc_at + nh.n_descsz + note_pad(nh.n_descsz)
-        if end > len(data) + note_pad(nh.n_descsz):
-            break  # a truncated note: keep what was complete
-        name = data[name_at:name_at + nh.n_namesz].rstrip(b"\0")
-        desc = data[desc_at:desc_at + nh.n_descsz]
-        if name == b"QEMU" and nh.n_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
-            layout.cpus.append(QEMUCPUState.parse(desc))
-        elif name == b"CORE" and nh.n_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
-            layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
-        if max(len(layout.cpus), len(layout.prstatus)) > MAX_VCPU_NOTES:
-            raise WincrashError(f"ELF core with more than {MAX_VCPU_NOTES} vCPU notes (QEMU and KVM allow "
-                                f"{MAX_VCPU_NOTES} vCPUs at most): malformed notes at offset 0x{ph.p_offset + pos:x}")
+        if desc_at + nh.n_descsz > len(data):
+            return  # a truncated note: keep what was complete
+        yield pos, data[name_at:name_at + nh.n_namesz].rstrip(b"\0"), nh.n_type, data[desc_at:desc_at + nh.n_descsz]
         pos = end
-
 
 def machine_name(machine: int) -> str:
     """x86_64 / i386 / the raw number."""
