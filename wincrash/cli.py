@@ -21,7 +21,18 @@ import typer
 
 from wincrash import __version__
 from wincrash.choices import CrashDumpKind, DmpFormat, Profile, QemuDumpFormat
-from wincrash.door import PROG, Command, Group, positive_seconds, readable, recovery_key, size, usage_message
+from wincrash.door import (
+    EXIT_BROKEN_PIPE,
+    PROG,
+    Command,
+    Group,
+    positive_seconds,
+    readable,
+    recovery_key,
+    size,
+    stdout_to_devnull,
+    usage_message,
+)
 from wincrash.errors import EXIT_ERROR, EXIT_INTERRUPTED, WincrashError
 from wincrash.render import error_line, render
 
@@ -149,7 +160,10 @@ def capture(
 def convert(
     input_file: Annotated[Path, typer.Argument(
         metavar="INPUT", callback=readable("dump file"),
-        help="QEMU dump-guest-memory ELF (or virsh dump --memory-only), raw image or DMP.")],
+        help="A memory image, recognised by content: QEMU dump-guest-memory ELF (or virsh dump --memory-only), "
+             "QEMU savevm stream or libvirt save image (virsh save/managedsave), gzip/bzip2/xz/zstd/lzop-"
+             "compressed streams of those, kdump (makedumpfile), LiME, raw memory image, or a 64-bit "
+             "full/bitmap MEMORY.DMP (a kernel 'SDMP' dump converts with --format kernel only).")],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", help="Output MEMORY.DMP (default: INPUT with .dmp).")] = None,
     profile: Annotated[Profile, typer.Option(
@@ -164,7 +178,7 @@ def convert(
         "--force", help="Overwrite the output; convert despite a profile mismatch.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Turn a QEMU memory dump into a WinDbg-loadable MEMORY.DMP, offline and without symbols."""
+    """Turn a guest memory image (or a DMP) into a WinDbg-loadable MEMORY.DMP, offline and without symbols."""
     from wincrash.convert.pipeline import convert_file, default_output
     from wincrash.convert.render import print_conversion
 
@@ -277,6 +291,9 @@ def main() -> None:
         sys.exit(exc.exit_code if exc.exit_code else EXIT_ERROR)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted()
+    except BrokenPipeError:  # `wincrash info X | head -1`: the reader left; not an error of ours
+        stdout_to_devnull()
+        sys.exit(EXIT_BROKEN_PIPE)
     except Exception as exc:  # noqa: BLE001 - the user must never see a traceback
         if os.environ.get("WINCRASH_DEBUG"):
             raise
@@ -285,6 +302,10 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into exit 130
         _interrupted()
+    try:
+        sys.stdout.flush()  # a pipe closed early fails here, not in the interpreter's exit (exit 120)
+    except BrokenPipeError:
+        stdout_to_devnull()  # the reader left after the command's output: its exit code stands
     sys.exit(code or 0)
 
 

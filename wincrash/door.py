@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,17 @@ def _clean(params: list[Any]) -> None:
             param.metavar = ""
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null after its reader went away (`wincrash info X | head -1`), so that no later
+    flush (the interpreter's at exit included) fails again: Python's "Note on SIGPIPE" recipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _CleanHelp:
     """Arguments as `_Argument`, flags without a `<bool>` type, for a command or the group (clean --help)."""
 
@@ -57,7 +69,14 @@ class _CleanHelp:
 
 
 class Command(_CleanHelp, TyperCommand):
-    """Every command, with a clean --help."""
+    """Every command, with a clean --help; a closed stdout ends it quietly with exit code 141 (typer would exit 1)."""
+
+    def invoke(self, ctx: Any) -> Any:  # noqa: ANN401 - click's types
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            stdout_to_devnull()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 class Group(_CleanHelp, TyperGroup):

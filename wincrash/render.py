@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
+from rich.console import Console
+
 from wincrash.errors import EXIT_OK
 
 
@@ -23,6 +25,19 @@ class Result(Protocol):
 
 
 R = TypeVar("R", bound=Result)
+
+
+class StdoutConsole(Console):
+    """A rich Console for a command's text on stdout whose closed pipe (``| head -1``) raises BrokenPipeError
+    (the command then exits 141 quietly, door.Command) instead of rich's own SystemExit(1)."""
+
+    def __init__(self, **kwargs: Any) -> None:  # noqa: ANN401 - rich's keyword arguments
+        super().__init__(highlight=False, soft_wrap=True, **kwargs)
+
+    def on_broken_pipe(self) -> None:
+        """rich's hook for a closed stdout: stop writing and let the command's caller end quietly."""
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def warn(message: str) -> None:

@@ -81,6 +81,18 @@ def check_guest_mode(source: PhysicalSource) -> None:
                             "x64 when the dump was taken")
 
 
+def check_input_holds_format(source: PhysicalSource, fmt: str) -> None:
+    """Raise WincrashError when ``source`` cannot give a ``fmt`` dump without inventing memory.
+
+    A kernel memory dump ('SDMP') holds only the kernel's pages: the pages it left out are unknown, not
+    zeros, so a full or bitmap (complete memory) dump of it would claim pages it never had.
+    """
+    header = source.dump_header
+    if header is not None and header.kernel_only and fmt != "kernel":
+        raise WincrashError(f"{source.path}: a {header.kind} holds only the kernel's pages; a {fmt} dump would "
+                            "show the pages it left out as zero-filled memory: convert it with --format kernel")
+
+
 def default_output(input_path: Path) -> Path:
     """vmdump -> vmdump.dmp, guest.elf -> guest.dmp, next to the input.
 
@@ -100,7 +112,7 @@ def input_warnings(source: PhysicalSource, facts: WindowsFacts) -> list[str]:
                 for start, end in source.missing or []]
     warnings += facts.warnings
     warnings += source.notes
-    if not source.cpus:
+    if not source.cpus and source.dump_header is None:  # a DMP keeps its own contexts (header, KPRCB buffers)
         warnings.append(f"the input ({source.kind}) has no vCPU register notes: processor contexts come "
                         "from Windows' own saved state where it has one")
     return warnings
@@ -122,6 +134,7 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
     check_destination(output_path, force, inputs=[input_path])  # never the input, whatever --force says
     source = open_source(input_path, output_path.parent)  # decoded scratch copies go next to the output
     with source.fh:
+        check_input_holds_format(source, fmt)
         t0 = time.monotonic()
         try:
             facts = locate_windows(source)

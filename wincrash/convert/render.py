@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
-
 from wincrash.convert.pipeline import ConversionResult
+from wincrash.render import StdoutConsole
 
 
 def print_conversion(result: ConversionResult, as_json: bool = False) -> None:
@@ -14,7 +13,7 @@ def print_conversion(result: ConversionResult, as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = StdoutConsole()
     f = result.facts
     k = f.kernel.image
     console.print(f"[bold]{result.output}[/bold]: {result.format} dump, {result.file_size:,} bytes")

@@ -18,6 +18,7 @@ from wincrash.dmp.pagemap import bitmap_counts
 from wincrash.dmp.reader import BITMAP_TYPES, RUN_TYPES, DmpFile, is_page_pattern, read_at, read_dmp
 from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,
+    BITMAP_KERNEL_SIGNATURE,
     DUMP_TYPE_NAMES,
     MACHINE_NAMES,
     MAX_RUNS32,
@@ -50,6 +51,11 @@ def check_runs(number: int, pages: int, runs: tuple[tuple[int, int], ...], max_r
     return problems
 
 
+# What a bitmap dump holds, by its summary signature (DESIGN §3; WinDbg's "Kernel bitmap dump" / "Full bitmap dump").
+BITMAP_TITLES = {BITMAP_FULL_SIGNATURE: "complete memory dump (bitmap, 'FDMP')",
+                 BITMAP_KERNEL_SIGNATURE: "kernel memory dump (bitmap, 'SDMP')"}
+
+
 def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
     """Summarise and check a crash dump file (the signature was already recognised).
 
@@ -61,8 +67,11 @@ def describe_dmp(fh: BinaryIO, path: str, size: int) -> Report:
     dump_type = dmp.dump_type
     type_name = DUMP_TYPE_NAMES.get(dump_type)
     bits = "64" if dmp.is64 else "32"
-    report = Report(path=path, size=size, kind=f"dmp{bits}",
-                    title=f"Windows {bits}-bit kernel crash dump, {type_name or f'unknown dump type {dump_type}'}")
+    title = type_name or f"unknown dump type {dump_type}"
+    if dmp.bitmap is not None:  # a bitmap dump's summary says what it holds: complete or kernel memory
+        title = BITMAP_TITLES[dmp.bitmap.signature] if dump_type == DumpType.BITMAP else \
+            f"{title} ({BITMAP_TITLES[dmp.bitmap.signature]})"
+    report = Report(path=path, size=size, kind=f"dmp{bits}", title=f"Windows {bits}-bit kernel crash dump, {title}")
     machine = MACHINE_NAMES.get(header.MachineImageType)
     report.sections["header"] = {
         "signature": (header.Signature + header.ValidDump).decode("ascii"),
@@ -195,5 +204,6 @@ def _describe_bitmap(fh: BinaryIO, dmp: DmpFile, report: Report) -> None:
                                f"{counted:,} bits set")
     if in_runs != counted:
         report.problems.append(f"{counted - in_runs:,} pages are present in the bitmap but outside the memory runs")
-    report.notes.append(f"{info['pages_left_out']:,} of the {run_pages:,} pages in the memory runs are not in the "
-                        "dump (WinDbg reads them as not present)")
+    if info["pages_left_out"]:
+        report.notes.append(f"{info['pages_left_out']:,} of the {run_pages:,} pages in the memory runs are not in "
+                            "the dump (WinDbg reads them as not present)")

@@ -154,9 +154,13 @@ def selector_only_context() -> bytes:
 def choose_header_context(contexts: Mapping[int, bytes], source: PhysicalSource) -> tuple[bytes, str | None]:
     """(the header's ContextRecord, a warning or None): always a Windows x64 context (CS 0x10 or 0x33).
 
-    Processor 0's context, else the lowest-numbered processor that has one, else the first vCPU
+    A DMP input's own ContextRecord when it holds one with a RIP (the crash context it recorded), else
+    processor 0's context, else the lowest-numbered processor that has one, else the first vCPU
     note in long mode with a Windows code selector, else selector_only_context() with a warning.
     """
+    header = source.dump_header
+    if header is not None and header.context is not None and header.context_rip:
+        return header.context, None
     if contexts:
         return contexts.get(0) or contexts[min(contexts)], None
     for note in source.cpus:
@@ -172,7 +176,8 @@ def plan_dump(facts: WindowsFacts, source: PhysicalSource, fmt: str = "full") ->
     Each processor's registers come from its vCPU note in long mode, else from Windows' saved context
     (processor_contexts); the header context is always a Windows one (choose_header_context);
     PfnDataBase is MmPfnDatabase's value (the PFN array), as in Windows' own full, bitmap and kernel
-    dumps. ``fmt`` "kernel" also selects the kernel's pages (windows/kernel_memory.py). A guest that had not
+    dumps. A DMP input (source.dump_header) keeps its header's bugcheck, NumberProcessors and context.
+    ``fmt`` "kernel" also selects the kernel's pages (windows/kernel_memory.py). A guest that had not
     crashed gets LIVE_SYSTEM_DUMP (0x161). More than MAX_RUNS64 runs are merged. Reads memory
     through facts.kernel.space; changes neither argument. Raises WincrashError when the decoded
     KDBG cannot be written back (its page is not mapped).
@@ -202,15 +207,21 @@ def plan_dump(facts: WindowsFacts, source: PhysicalSource, fmt: str = "full") ->
         runs = merge_runs(runs)
     code, params = (facts.bugcheck_code, facts.bugcheck_parameters) if facts.crashed else (LIVE_SYSTEM_DUMP,
                                                                                           (0, 0, 0, 0))
+    processors = len(facts.cpus) or max(len(source.cpus), 1)
+    input_header = source.dump_header
+    if input_header is not None:  # a DMP input keeps the crash its header records
+        if input_header.bugcheck_code:
+            code, params = input_header.bugcheck_code, input_header.bugcheck_parameters
+        processors = input_header.number_processors or processors
     header = HeaderFields(
         build=facts.build, directory_table_base=facts.system_dtb or facts.dtb,
         pfn_database=pfn_database or 0, ps_loaded_module_list=kdbg.ps_loaded_module_list,
         ps_active_process_head=kdbg.ps_active_process_head, kd_debugger_data_block=kdbg.va,
-        number_processors=len(facts.cpus) or max(len(source.cpus), 1), bugcheck_code=code,
+        number_processors=processors, bugcheck_code=code,
         bugcheck_parameters=params, runs=runs, context=header_context, system_time=facts.system_time,
         system_uptime=facts.interrupt_time, product_type=facts.product_type, suite_mask=facts.suite_mask,
         kd_secondary_version=facts.kd_secondary_version, major_version=facts.major_version,
-        comment=f"wincrash {__version__}: {'live' if not facts.crashed else 'crash'} dump converted from "
+        comment=f"wincrash {__version__}: {'live' if code == LIVE_SYSTEM_DUMP else 'crash'} dump converted from "
                 f"{source.kind} without symbols",
     )
     kernel_pages = None

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wincrash.describe.report import Report
+from wincrash.render import StdoutConsole
 
 TABLE_SECTIONS = {"runs", "drivers", "cpus", "segments"}
 TEXT_ROWS_SHOWN = 10  # text output shows this many rows of a long table; --json has every row
@@ -19,7 +20,7 @@ def print_report(report: Report, as_json: bool = False, console: Console | None 
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or StdoutConsole()
     console.print(f"[bold]{report.path}[/bold]: {report.title}")
     console.print(f"  size: {report.size:,} bytes")
     for name, section in report.sections.items():

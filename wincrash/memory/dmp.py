@@ -14,6 +14,7 @@ from wincrash.dmp.pagemap import page_map
 from wincrash.dmp.reader import read_dmp
 from wincrash.errors import WincrashError
 from wincrash.formats.dump import DUMP_SIGNATURE64, PAGE_SIZE, MachineType
+from wincrash.memory.dump_header import header_facts
 from wincrash.memory.segments import MemoryMap, PackedSegments
 
 
@@ -29,12 +30,18 @@ class Dmp:
 
     @staticmethod
     def map(path: Path, fh: BinaryIO, size: int) -> MemoryMap:
-        """The dump's pages as segments; WincrashError (prefixed with ``path``) for a corrupt or other dump."""
+        """The dump's pages as segments and its header's crash context (memory.dump_header); WincrashError
+        (prefixed with ``path``) for a corrupt or other dump."""
         try:
-            pages = page_map(fh, read_dmp(fh, size))
+            dmp = read_dmp(fh, size)
+            pages = page_map(fh, dmp)
         except WincrashError as exc:
             raise WincrashError(f"{path}: {exc}") from None
-        segments = PackedSegments.from_arrays(
-            array("Q", map(PAGE_SIZE.__mul__, pages.pfn)), array("Q", map(PAGE_SIZE.__mul__, pages.pages)),
-            pages.offset, size)
-        return MemoryMap(Dmp.kind, segments, (), int(MachineType.AMD64), pages.missing)
+        pfn, counts, offsets, missing = pages.pfn, pages.pages, pages.offset, pages.missing
+        del pages  # the page-number arrays go as soon as their byte-address copies exist (peak memory)
+        paddr = array("Q", map(PAGE_SIZE.__mul__, pfn))
+        del pfn
+        sizes = array("Q", map(PAGE_SIZE.__mul__, counts))
+        del counts
+        segments = PackedSegments.from_arrays(paddr, sizes, offsets, size)
+        return MemoryMap(Dmp.kind, segments, (), int(MachineType.AMD64), missing, dump_header=header_facts(dmp))

@@ -17,14 +17,18 @@ from typing import BinaryIO
 
 from construct import Container
 
-from wincrash.memory.segments import Segment, segment_starts
+from wincrash.memory.dump_header import DumpHeaderFacts
+from wincrash.memory.segments import PackedSegments, Segment, held_extents, segment_starts
 
 PAGE = 0x1000
 
 
 @dataclass
 class PhysicalSource:
-    """Guest-physical memory backed by a file: sorted, non-overlapping segments."""
+    """Guest-physical memory backed by a file: sorted, non-overlapping segments.
+
+    ``dump_header``: the crash context of a DMP given as input (memory.dump_header; None for other inputs).
+    """
 
     path: Path
     fh: BinaryIO
@@ -34,6 +38,7 @@ class PhysicalSource:
     machine: int = 0
     missing: list[tuple[int, int]] | None = None
     notes: list[str] = field(default_factory=list)
+    dump_header: DumpHeaderFacts | None = None
 
     def __post_init__(self) -> None:
         self.segments.sort(key=lambda s: s.paddr)
@@ -43,7 +48,14 @@ class PhysicalSource:
     def held_pages(self) -> int:
         """4 KiB pages of guest memory the file really holds (sum of the segments' ``filesz``): the bound
         for any work driven by what the input's own tables claim (page-table walks, run lists)."""
-        return sum(seg.filesz for seg in self.segments) // PAGE
+        if isinstance(self.segments, PackedSegments):
+            return self.segments.held_bytes() // PAGE
+        return sum(filesz for _, _, filesz in self.extents()) // PAGE
+
+    def extents(self) -> Iterator[tuple[int, int, int]]:
+        """(guest-physical address, file offset, bytes the file holds) of each segment, in address order,
+        without building a Segment object per segment (a bitmap dump may have millions of one-page runs)."""
+        return held_extents(self.segments)
 
     @property
     def fileno(self) -> int:
@@ -52,7 +64,10 @@ class PhysicalSource:
     @property
     def end(self) -> int:
         """One past the highest guest-physical address the source describes."""
-        return max((s.paddr + s.size for s in self.segments), default=0)
+        if not self.segments:
+            return 0
+        last = self.segments[-1]  # sorted and non-overlapping: the last segment ends highest
+        return last.paddr + last.size
 
     def segment_at(self, paddr: int) -> Segment | None:
         i = bisect.bisect_right(self._starts, paddr) - 1

@@ -8,12 +8,16 @@ layer from reading through it).
 
 from __future__ import annotations
 
+import operator
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import overload
 
 from construct import Container
+
+from wincrash.memory.dump_header import DumpHeaderFacts
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,18 @@ class PackedSegments(Sequence[Segment]):
         self.size.append(seg.size)
         self.offset.append(seg.offset)
 
+    def within_file(self) -> bool:
+        """True when every segment lies wholly inside the file (no ``filesz`` clipping needed)."""
+        if self.file_size is None or not self.paddr:
+            return True
+        return max(map(operator.add, self.offset, self.size)) <= self.file_size
+
+    def held_bytes(self) -> int:
+        """Bytes of guest memory the file holds (the sum of ``filesz``), without a Segment object each."""
+        if self.within_file():
+            return sum(self.size)
+        return sum(filesz for _, _, filesz in held_extents(self))
+
     def __len__(self) -> int:
         return len(self.paddr)
 
@@ -77,11 +93,23 @@ class PackedSegments(Sequence[Segment]):
 
     def sort(self, key=None) -> None:  # noqa: ANN001 - list.sort's signature; always by paddr
         """Sort by guest-physical address (a no-op for the usual, already sorted, input)."""
-        if all(self.paddr[i] <= self.paddr[i + 1] for i in range(len(self.paddr) - 1)):
+        if all(map(operator.le, self.paddr, islice(self.paddr, 1, None))):
             return
         order = sorted(range(len(self)), key=lambda i: self.paddr[i])
         self.paddr, self.size, self.offset = (array("Q", (a[i] for i in order))
                                               for a in (self.paddr, self.size, self.offset))
+
+
+def held_extents(segments: Sequence[Segment]) -> Iterator[tuple[int, int, int]]:
+    """(paddr, file offset, bytes present in the file) of each segment, in order; for PackedSegments straight
+    from its arrays (no Segment objects), so that iterating millions of one-page runs stays cheap."""
+    if not isinstance(segments, PackedSegments):
+        return ((s.paddr, s.offset, s.filesz) for s in segments)
+    if segments.within_file():
+        return zip(segments.paddr, segments.offset, segments.size, strict=True)
+    end = segments.file_size or 0
+    return ((pa, off, max(0, min(size, end - off)))
+            for pa, off, size in zip(segments.paddr, segments.offset, segments.size, strict=True))
 
 
 def segment_starts(segments: Sequence[Segment]) -> Sequence[int]:
@@ -95,7 +123,8 @@ class MemoryMap:
 
     ``segments`` are sorted by guest-physical address and do not overlap; ``missing`` lists
     guest-physical [start, end) byte ranges the container promises but the file lacks (None when
-    the format cannot tell); ``machine`` is the ELF e_machine or PE machine type of the guest.
+    the format cannot tell); ``machine`` is the ELF e_machine or PE machine type of the guest;
+    ``dump_header`` the crash context of a DMP given as input (None for every other format).
     """
 
     kind: str  # qemu-elf, qemu-savevm, dmp, raw
@@ -104,3 +133,4 @@ class MemoryMap:
     machine: int = 0
     missing: tuple[tuple[int, int], ...] | None = None
     notes: tuple[str, ...] = field(default=())
+    dump_header: DumpHeaderFacts | None = None

@@ -72,4 +72,4 @@ def open_source(path: Path, scratch_dir: Path | None = None) -> PhysicalSource:
         raise
     return PhysicalSource(path, fh, mapped.kind, mapped.segments, list(mapped.cpus),  # type: ignore[arg-type]
                           mapped.machine, None if mapped.missing is None else list(mapped.missing),
-                          list(mapped.notes))
+                          list(mapped.notes), mapped.dump_header)

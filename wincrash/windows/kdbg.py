@@ -137,14 +137,25 @@ class KdbgBlock:
     offset_prcb_proc_state_context: int
 
 
-def find_kdbg(kernel: KernelView) -> KdbgBlock:
+def find_kdbg(kernel: KernelView, hint: int | None = None) -> KdbgBlock:
     """The KDBG inside ntoskrnl's writable data sections (all sections when none is marked writable).
 
+    ``hint``: a virtual address where the block should be (a DMP input's header KdDebuggerDataBlock),
+    taken when a plausible block (plain or encoded) starts there, before any search.
     Raises WincrashError("no Windows kernel debugger data (KDBG) found: ...") listing every attempt
     of the kernel search and this one.
     """
     image = kernel.image
     end = image.base + image.size_of_image
+    tried_hint: tuple[str, ...] = ()
+    if hint is not None:
+        match = None
+        if image.base <= hint < end:
+            match = find_in_data(kernel.read_image_range(hint, KDBG_MAX_SIZE), hint, image.base, end)
+        if match is not None and match.va == hint:
+            method = f"{'encoded' if match.encoded else 'plain'} block at the input dump header's KdDebuggerDataBlock"
+            return _block(match, kernel.space.translate(hint), method)
+        tried_hint = (f"no KDBG at the input dump header's KdDebuggerDataBlock 0x{hint:x}",)
     sections = [s for s in image.sections if s.writable_data] or image.sections
     for section in sections:
         data = kernel.read_image_range(image.base + section.rva, section.size)
@@ -153,8 +164,8 @@ def find_kdbg(kernel: KernelView) -> KdbgBlock:
             method = (f"{'encoded' if match.encoded else 'plain'} block in section {section.name} "
                       + ("decoded with keys solved from known plaintext" if match.encoded else ""))
             return _block(match, kernel.space.translate(match.va), method)
-    tried = (*kernel.tried, f"ntoskrnl found at 0x{image.base:x} but no valid KDBG (plain or encoded) in its data "
-             "sections")
+    tried = (*kernel.tried, *tried_hint,
+             f"ntoskrnl found at 0x{image.base:x} but no valid KDBG (plain or encoded) in its data sections")
     raise WincrashError("no Windows kernel debugger data (KDBG) found: " + "; ".join(tried))
 
 

@@ -1,6 +1,7 @@
 """Stage 1 of finding Windows: the kernel's page tables (DTB) and ntoskrnl's image, without symbols.
 
-The order of attempts follows cost: the vCPU notes' CR3 and IDT first (the divide-error handler
+The order of attempts follows cost: a DMP input's own header DirectoryTableBase first, the vCPU
+notes' CR3 and IDT next (the divide-error handler
 lies inside ntoskrnl), then a page-table walk of the kernel range through that CR3, and only for
 inputs without usable notes (raw images, savevm streams) a scan of memory for a PML4 that maps
 itself (Windows' self-map entry) and KUSER_SHARED_DATA. Every failed attempt is kept in
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from construct import Container
@@ -127,13 +128,17 @@ class _KernelSearch:
         return KernelView(space.dtb, space, image, dtb_method, kernel_method, tuple(self.tried), self.secure_kernel)
 
     def run(self) -> KernelView | None:
-        """The first DTB that leads to ntoskrnl: vCPU CR3s (kernel-mode vCPUs first), then a PML4 scan."""
+        """The first DTB that leads to ntoskrnl: an input DMP header's DirectoryTableBase, vCPU CR3s
+        (kernel-mode vCPUs first), then a PML4 scan."""
         cpus = self.source.cpus
         long_cpus = [(i, c) for i, c in enumerate(cpus) if cpu_mode(c) == "long"]
         long_cpus.sort(key=lambda ic: ic[1].cs.selector & 3)  # kernel-mode vCPUs first
         if cpus and not long_cpus:
             self.tried.append("no vCPU was in long mode (32-bit guests are not supported yet, or firmware/boot)")
         seen: set[int] = set()
+        view = self._from_dump_header(seen)
+        if view is not None:
+            return view
         for i, cpu in long_cpus:
             dtb = cr3_base(cpu.cr[3])
             if dtb in seen:
@@ -150,7 +155,7 @@ class _KernelSearch:
             if image is not None:
                 return self._view(space, image, f"CR3 of vCPU {i}", "scan of kernel address space")
         if not cpus:
-            self.tried.append("no vCPU notes in the input (raw image)")
+            self.tried.append(f"no vCPU notes in the input ({_input_kind(self.source)})")
         for dtb in self._scan_for_pml4():
             if dtb in seen:
                 continue
@@ -168,6 +173,23 @@ class _KernelSearch:
         self.tried.append("scanned memory for a PML4 with a self-reference that maps KUSER_SHARED_DATA and a "
                           f"kernel: {len(seen)} candidate(s), none led to ntoskrnl")
         return None
+
+    def _from_dump_header(self, seen: set[int]) -> KernelView | None:
+        """A DMP input: its header's DirectoryTableBase is the first DTB tried (then the usual search)."""
+        header = self.source.dump_header
+        if header is None or header.directory_table_base is None:
+            return None
+        dtb = cr3_base(header.directory_table_base)
+        seen.add(dtb)
+        space = AddressSpace(self.source.read, dtb)
+        if space.translate(KUSER_SHARED_DATA_VA) is None:
+            self.tried.append(f"DirectoryTableBase 0x{dtb:x} of the input dump's header does not map "
+                              "KUSER_SHARED_DATA")
+            return None
+        image = self._kernel_by_scan(space)
+        if image is None:
+            return None
+        return self._view(space, image, "DirectoryTableBase of the input dump's header", "scan of kernel address space")
 
     def _kernel_from_idt(self, space: AddressSpace, cpu: Container, index: int) -> PeImage | None:
         handler = idt_handler(space, cpu.idt.base)
@@ -210,25 +232,59 @@ class _KernelSearch:
         return None
 
     def _scan_for_pml4(self) -> Iterator[int]:
-        """Pages whose kernel half holds an entry pointing back at the page itself (Windows' self-map)."""
-        src = self.source
-        for seg in list(src.segments):
-            for pa, file_off, n in src.page_extents(seg.paddr, seg.paddr + seg.filesz):
-                for at in range(0, n, PML4_SCAN_CHUNK):
-                    data = os.pread(src.fileno, min(PML4_SCAN_CHUNK, n - at), file_off + at)
-                    for p in range(0, len(data) - 0xFFF, 0x1000):
-                        page_pa = pa + at + p
-                        if self._is_self_mapped(data[p:p + 0x1000], page_pa):
-                            yield page_pa
+        """Pages whose kernel half holds an entry pointing back at the page itself (Windows' self-map).
 
-    def _is_self_mapped(self, page: bytes, pa: int) -> bool:
-        """``page`` (at physical ``pa``) has a present, writable kernel-half entry naming ``pa`` and maps KUSER."""
+        Reads the file in file order, PML4_SCAN_CHUNK bytes at a time, grouping the segments that lie
+        back to back in the file (a bitmap dump's one-page runs), and skips holes of a sparse file with
+        one SEEK_DATA per chunk: work and memory bounded by the input's size, not by its number of runs.
+        """
+        src = self.source
+        for span_off, span_len, pieces in _file_spans(src.extents(), PML4_SCAN_CHUNK):
+            if next(src.data_extents(span_off, span_len), None) is None:
+                continue  # a hole: zero pages map nothing
+            data = os.pread(src.fileno, span_len, span_off)
+            for pa, rel, n in pieces:
+                for p in range(rel, min(rel + n, len(data)) - 0xFFF, 0x1000):
+                    if self._is_self_mapped(data, p, pa + p - rel):
+                        yield pa + p - rel
+
+    def _is_self_mapped(self, data: bytes, at: int, pa: int) -> bool:
+        """The page at ``data[at:at + 0x1000]`` (physical ``pa``) has a present, writable kernel-half entry
+        naming ``pa`` and maps KUSER."""
         needle = ((pa >> 16) & 0xFFFFFF).to_bytes(3, "little")
-        pos = page.find(needle, 0x800)
+        pos = data.find(needle, at + 0x800, at + 0x1000)
         while pos != -1:
-            if pos % 8 == 2:
-                entry = int.from_bytes(page[pos - 2:pos + 6], "little")
+            if (pos - at) % 8 == 2:
+                entry = int.from_bytes(data[pos - 2:pos + 6], "little")
                 if entry & PFN_MASK == pa and entry & 3 == 3:
                     return AddressSpace(self.source.read, pa).translate(KUSER_SHARED_DATA_VA) is not None
-            pos = page.find(needle, pos + 1)
+            pos = data.find(needle, pos + 1, at + 0x1000)
         return False
+
+
+def _input_kind(source: PhysicalSource) -> str:
+    """The input's kind for messages: a DMP names its dump type, a raw file is a "raw image"."""
+    if source.dump_header is not None:
+        return source.dump_header.kind
+    return "raw image" if source.kind == "raw" else source.kind
+
+
+def _file_spans(extents: Iterable[tuple[int, int, int]], limit: int
+                ) -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Group (paddr, file offset, bytes) extents that follow each other in the file into spans of at most
+    ``limit`` bytes (a longer extent is cut): (span file offset, span bytes, [(paddr, offset in span, bytes)])."""
+    start = length = 0
+    pieces: list[tuple[int, int, int]] = []
+    for pa, off, n in extents:
+        while n > 0:
+            if pieces and (off != start + length or limit - length < 0x1000):
+                yield start, length, pieces
+                pieces = []
+            if not pieces:
+                start, length = off, 0
+            take = min(n, (limit - length) & ~0xFFF)  # cut on a page boundary
+            pieces.append((pa, length, take))
+            length += take
+            pa, off, n = pa + take, off + take, n - take
+    if pieces:
+        yield start, length, pieces

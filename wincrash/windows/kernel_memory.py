@@ -7,7 +7,8 @@ each process's top-level paging structure (EPROCESS list from PsActiveProcessHea
 at KPROCESS+0x28) so that every address space can still be entered, and any extra pages the caller
 names (the patched ones). Walks are cycle-safe (each table page is read once, whatever level points
 at it: the self-map entry is met again as a table already seen) and bounded by the dump's runs (a
-frame number outside them is neither read nor kept).
+frame number outside them is neither read nor kept). From a kernel dump given as input, only the pages
+it holds are kept (the ones it left out are unknown, not zeros).
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def _walk(source: PhysicalSource, dtb: int, in_runs: bytearray, keep: bytearray)
     return len(seen)
 
 
+def _held(source: PhysicalSource, in_runs: bytearray) -> bytearray:
+    """``in_runs`` restricted to the pages ``source`` holds (its segments' file-backed pages)."""
+    held = bytearray(len(in_runs))
+    for pa, _, filesz in source.extents():
+        set_range(held, pa // PAGE, (pa % PAGE + filesz + PAGE - 1) // PAGE)
+    return bytearray((int.from_bytes(held, "little") & int.from_bytes(in_runs, "little")).to_bytes(len(held), "little"))
+
+
 def _process_dtbs(facts: WindowsFacts) -> tuple[int, list[int]]:
     """(EPROCESS entries walked, their DirectoryTableBase values) from PsActiveProcessHead; cycle-safe."""
     known = BUILDS.get(facts.build)
@@ -106,7 +115,9 @@ def select_kernel_pages(facts: WindowsFacts, source: PhysicalSource, runs: Seque
     for unreadable memory (what cannot be read is not kept).
     """
     bits = max((b + c for b, c in runs), default=0)
-    in_runs = runs_bitmap(runs, bits)
+    all_runs = in_runs = runs_bitmap(runs, bits)
+    if source.dump_header is not None and source.dump_header.kernel_only:
+        in_runs = _held(source, in_runs)  # a page a kernel dump left out is unknown: never kept as zeros
     keep = bytearray(len(in_runs))
     dtbs = {cr3_base(facts.system_dtb or facts.dtb), cr3_base(facts.dtb)}
     tables = sum(_walk(source, dtb, in_runs, keep) for dtb in sorted(dtbs))
@@ -122,4 +133,4 @@ def select_kernel_pages(facts: WindowsFacts, source: PhysicalSource, runs: Seque
             set_range(keep, pfn, 1)
     # Large pages may reach past a run: keep only the runs' pages.
     kept = (int.from_bytes(keep, "little") & int.from_bytes(in_runs, "little")).to_bytes(len(keep), "little")
-    return KernelPages(kept, bits, count_set(kept), tables, processes, process_tables, count_set(in_runs))
+    return KernelPages(kept, bits, count_set(kept), tables, processes, process_tables, count_set(all_runs))

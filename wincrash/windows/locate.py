@@ -25,4 +25,5 @@ def locate_windows(source: PhysicalSource) -> WindowsFacts:
     found: ...") or when ntoskrnl holds no KDBG ("no Windows kernel debugger data (KDBG) found: ...").
     """
     kernel = find_kernel(source)
-    return read_facts(source, kernel, find_kdbg(kernel))
+    header = source.dump_header  # a DMP input names its KDBG: looked at first
+    return read_facts(source, kernel, find_kdbg(kernel, header.kd_debugger_data_block if header else None))
