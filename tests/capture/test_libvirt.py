@@ -123,9 +123,9 @@ def test_libvirtd_suspended_domain_refused(libvirt_domain) -> None:  # noqa: ANN
 
 @pytest.mark.qemu
 def test_libvirtd_capture_streams_and_equals_dump_then_convert(libvirt_domain, tmp_path: Path) -> None:  # noqa: ANN001
-    """qemuMonitorCommandWithFiles hands QEMU our pipe: MEMORY.DMP straight from the stream, no ELF, equal
-    byte for byte to libvirt's own memory-only dump converted (the domain suspended, so both see one moment);
-    a running domain is paused only by the dump and runs again after."""
+    """libvirt's memory-only dump into our FIFO: MEMORY.DMP straight from the stream, no ELF, equal byte for
+    byte to libvirt's own memory-only dump converted (the domain suspended, so both see one moment); a running
+    domain is paused only by the dump and runs again after; libvirtd survives it."""
     from wincrash_testkit.testguest.memory import synth_memory
 
     name, memory = libvirt_domain(memory=synth_memory(build=19041, cpus=2, ram_mib=256, seed=9), ram_mib=256)
@@ -147,6 +147,7 @@ def test_libvirtd_capture_streams_and_equals_dump_then_convert(libvirt_domain, t
     run_wincrash("convert", elf, "-o", converted, check=True)
     assert streamed.read_bytes() == converted.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dmp", "live.dmp", "s.dmp", "v.elf"]
+    libvirt.open("qemu:///system").close()  # libvirtd still answers
 
 
 @pytest.mark.qemu
