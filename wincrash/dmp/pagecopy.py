@@ -45,7 +45,7 @@ class WriteResult:
     patches_lost: tuple[int, ...] = ()
 
 
-def _load_sync_file_range():  # noqa: ANN202 (a ctypes function or None)
+def _load_sync_file_range() -> Callable[..., int] | None:
     try:
         fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
     except (OSError, AttributeError):
