@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 from helpers import SHARED_SAMPLES
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `e2e` everything under tests/e2e and every test that starts real QEMU or libguestfs elsewhere.
+
+    The fast tier a developer runs is `pytest -m "not e2e and not slow"`; CI runs everything.
+    """
+    for item in items:
+        if item.path.is_relative_to(E2E) or item.get_closest_marker("qemu") or item.get_closest_marker("guestfs"):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def shared_samples() -> Path:
@@ -46,3 +58,11 @@ def libvirt_system():  # noqa: ANN201 - a libvirt.virConnect
         pytest.skip(f"no libvirtd at qemu:///system ({exc.get_error_message()}); .ci/run starts one")
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def fake_host(tmp_path: Path):  # noqa: ANN201 - a doctor_helpers.FakeHost
+    """A fake host tree (/proc, /sys, /dev files) for doctor's host checks, under tmp_path."""
+    from doctor_helpers import FakeHost
+
+    return FakeHost(tmp_path / "root")

@@ -34,6 +34,28 @@ def run_wincrash(*args: str | os.PathLike, check: bool = False, timeout: float =
     return proc
 
 
+def wait_for_output_started(proc: subprocess.Popen, folder: Path, timeout: float = 60) -> bool:  # type: ignore[type-arg]
+    """Wait until ``proc`` writes an output in ``folder``: a nameless O_TMPFILE it holds open (its
+    /proc/PID/fd link reads ``folder/#INODE (deleted)``) or a hidden ``.*.wincrash-partial-*`` file.
+    False when neither appeared within ``timeout`` seconds or the process ended."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    fds = Path(f"/proc/{proc.pid}/fd")
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(folder.glob(".*.wincrash-partial-*")):
+            return True
+        for fd in list(fds.iterdir()) if fds.is_dir() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(f"{folder}/#") or target.startswith(f"{folder}/.") and "wincrash" in target:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def dump_read_va(parser, va: int, size: int, dtb: int) -> bytes:  # noqa: ANN001 - a kdmp_parser.KernelDumpParser
     """Bytes at a virtual address of a DMP, read through kdmp-parser (an independent reader); asserts mapping."""
     out = b""

@@ -46,7 +46,7 @@ class ReaderFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Process:
-    """One process as a reader lists it: PID, image name (EPROCESS.ImageFileName, <= 15 chars), parent PID."""
+    """One process as a reader lists it: PID, image name (EPROCESS.ImageFileName, <= 14 chars), parent PID."""
 
     pid: int
     name: str

@@ -34,7 +34,7 @@ ELF_AND_DMP_SLACK = 64 << 20  # bytes beyond the guest RAM (or twice it): header
 
 @dataclass(frozen=True)
 class CaptureResult:
-    """What `wincrash capture` produced: the VM (``Target.as_dict``), the panic it saw (None: live dump or
+    """What `wincrash capture` produced: the VM (``Target.to_dict``), the panic it saw (None: live dump or
     already crashed), QEMU's dump, the kept ELF's path (None: removed), the conversion to MEMORY.DMP,
     whether the DMP was written from the dump stream, and if not why (one line)."""
 
@@ -46,9 +46,9 @@ class CaptureResult:
     streamed: bool = False
     not_streamed_because: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form, for --json results."""
-        return {"vm": self.vm, "panic": self.panic.as_dict() if self.panic else None, "dump": self.dump.as_dict(),
+        return {"vm": self.vm, "panic": self.panic.to_dict() if self.panic else None, "dump": self.dump.to_dict(),
                 "elf": self.elf_kept, "conversion": self.conversion.to_dict(), "streamed": self.streamed,
                 "not_streamed_because": self.not_streamed_because}
 
@@ -84,7 +84,7 @@ class _Captured:
 
 async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, fmt: str, crash: bool, keep_elf: bool,
                           wait: float, force: bool, show_progress: bool) -> _Captured:
-    from wincrash.capture.stream_capture import CannotStream, find_runs, stream_capture
+    from wincrash.convert.stream import CannotStream, find_runs, stream_capture
 
     async with open_vm(vm, connect) as connection:
         ram = await connection.memory_size()
@@ -102,9 +102,9 @@ async def _capture_memory(vm: str, connect: str | None, out: Path, elf: Path, fm
             else:
                 dumped, conversion = await stream_capture(connection, out, fmt, elf if keep_elf else None, force,
                                                           show_progress, runs)
-                return _Captured(connection.target.as_dict(), panic, dumped, conversion, None)
+                return _Captured(connection.target.to_dict(), panic, dumped, conversion, None)
         dumped = await dump_with_progress(connection, elf, "elf", force, show_progress)
-        return _Captured(connection.target.as_dict(), panic, dumped, None, reason)
+        return _Captured(connection.target.to_dict(), panic, dumped, None, reason)
 
 
 def run_capture(vm: str, connect: str | None = None, out: Path | None = None, crash: bool = False,
@@ -126,6 +126,12 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
     from wincrash.convert.pipeline import convert_file
 
     elf = _elf_path(out, keep_elf)
+    if elf == out:
+        raise WincrashError(f"{out}: with --keep-elf the ELF would be written over the DMP (same name): "
+                            "give the output a .dmp name")
+    check_destination(out, force)  # before connecting, long before any NMI or pause
+    if keep_elf:
+        check_destination(elf, force)
     try:
         try:
             got = asyncio.run(_capture_memory(vm, connect, out, elf, fmt, crash, keep_elf, wait, force,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from wincrash.errors import EXIT_INTERRUPTED, WincrashError
+from wincrash.output import check_destination
 from wincrash.progress import byte_progress
 from wincrash.vm.connection import VmConnection
 from wincrash.vm.guest_memory import DUMP_FORMATS, DumpResult
@@ -72,6 +73,7 @@ def run_dump(vm: str, connect: str | None = None, out: Path | None = None, fmt: 
         out = default_output(vm, connect, fmt)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
+    check_destination(Path(out).absolute(), force)  # before connecting (QEMU pauses the guest for the dump)
     try:
         return asyncio.run(_dump(vm, connect, Path(out), fmt, force, show_progress))
     except KeyboardInterrupt:

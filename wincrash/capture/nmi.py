@@ -24,7 +24,7 @@ GUEST_NEEDS_KEYS = ("the guest must have CrashOnCtrlScroll=1 for its keyboard dr
 
 @dataclass(frozen=True)
 class NmiResult:
-    """What `wincrash nmi` did: the VM (``Target.as_dict``), ``method`` "nmi" or "keyboard", the seconds it
+    """What `wincrash nmi` did: the VM (``Target.to_dict``), ``method`` "nmi" or "keyboard", the seconds it
     waited for a panic (None: did not wait) and the panic report, if one came."""
 
     vm: dict[str, Any]
@@ -32,10 +32,10 @@ class NmiResult:
     waited: float | None
     panic: PanicInfo | None
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form, for --json results."""
         return {"vm": self.vm, "method": self.method, "waited": self.waited,
-                "panic": self.panic.as_dict() if self.panic else None}
+                "panic": self.panic.to_dict() if self.panic else None}
 
 
 async def _nmi(vm: str, connect: str | None, keyboard: bool, wait: float | None) -> NmiResult:
@@ -56,7 +56,7 @@ async def _nmi(vm: str, connect: str | None, keyboard: bool, wait: float | None)
                         f"{'crash keys' if keyboard else 'NMI'}: {GUEST_NEEDS_KEYS if keyboard else GUEST_NEEDS_NMI}",
                         exit_code=EXIT_PROBLEMS,
                     )
-        return NmiResult(vm=connection.target.as_dict(), method="keyboard" if keyboard else "nmi", waited=wait,
+        return NmiResult(vm=connection.target.to_dict(), method="keyboard" if keyboard else "nmi", waited=wait,
                          panic=panic)
 
 

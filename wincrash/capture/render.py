@@ -14,7 +14,7 @@ from wincrash.vm.guest_memory import DumpResult
 def print_nmi(result: NmiResult, as_json: bool) -> None:
     """What was sent, and the panic report (or what the guest needs for one)."""
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     what = "crash keys (right Ctrl + Scroll Lock, twice) sent" if result.method == "keyboard" else "NMI injected"
     typer.echo(f"{what}: {result.vm['name']}")
@@ -27,7 +27,7 @@ def print_nmi(result: NmiResult, as_json: bool) -> None:
 def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> None:
     """Size, speed (MiB/s) and what the dump cost the guest (pause in seconds); ``label`` replaces "wrote PATH"."""
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(f"{label or f'wrote {result.path}'} ({result.format}, {result.size / 2**20:,.1f} MiB from "
                f"{result.guest_ram / 2**20:,.0f} MiB of guest RAM) in {result.seconds:.1f} s "
@@ -41,9 +41,9 @@ def print_dump(result: DumpResult, as_json: bool, label: str | None = None) -> N
 def print_capture(result: CaptureResult, as_json: bool) -> None:
     """The capture summary, then `wincrash info` of the new MEMORY.DMP (what the engineer sends on)."""
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    from wincrash.info import describe_file
+    from wincrash.describe import describe_file
     from wincrash.info.render import print_report
 
     if result.panic is not None:

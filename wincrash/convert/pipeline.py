@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wincrash.dmp.plan import DumpPlan, plan_dump
+from wincrash.dmp.verify import verify_written
 from wincrash.dmp.writer import FORMATS, WriteResult, bytes_needed, write_dump
 from wincrash.errors import WincrashError
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, PAGE_SIZE
@@ -118,7 +119,7 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
         raise WincrashError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")
     if profile != "auto":
         check_profile(profile, 0)  # an unknown name fails here, before any slow work
-    check_destination(output_path, force)
+    check_destination(output_path, force, inputs=[input_path])  # never the input, whatever --force says
     source = open_source(input_path, output_path.parent)  # decoded scratch copies go next to the output
     with source.fh:
         t0 = time.monotonic()
@@ -142,7 +143,7 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
         plan = plan_dump(facts, source, fmt)
         warnings += plan.warnings
         t0 = time.monotonic()
-        written = _write(source, plan, output_path, fmt, force, progress)
+        written = _write(source, plan, output_path, fmt, force, progress, input_path)
         seconds_writing = time.monotonic() - t0
     warnings += [f"a patch at physical 0x{pa:x} lies outside Windows' memory runs and is not in the dump"
                  for pa in written.patches_lost]
@@ -154,10 +155,13 @@ def convert_file(input_path: Path, output_path: Path, profile: str = "auto", fmt
 
 
 def _write(source: PhysicalSource, plan: DumpPlan, output: Path, fmt: str, force: bool,
-           progress: bool) -> WriteResult:
+           progress: bool, input_path: Path) -> WriteResult:
     """Check free space, then write ``plan`` to a temporary name renamed to ``output`` when complete."""
     check_free_space(output, bytes_needed(source, plan, fmt))
     pages = plan.kernel_pages.kept if plan.kernel_pages is not None else sum(c for _, c in plan.header.runs)
-    with atomic_output(output, force) as out, \
-            byte_progress(f"writing {fmt} dump", pages * PAGE_SIZE, progress) as advance:
-        return write_dump(source, plan, fmt, out, advance)
+    with atomic_output(output, force, inputs=[input_path]) as out:
+        with byte_progress(f"writing {fmt} dump", pages * PAGE_SIZE, progress) as advance:
+            written = write_dump(source, plan, fmt, out, advance)
+        # Before the rename: a dump whose headers, runs and bitmap disagree never gets the final name.
+        verify_written(out, fmt, plan.header.runs, plan.kernel_pages.kept if plan.kernel_pages is not None else None)
+        return written

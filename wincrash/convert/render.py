@@ -1,4 +1,4 @@
-"""Print a ConversionResult: what was found, where, how; then warnings. JSON for scripts."""
+"""Print a ConversionResult: what was found, where, how (its warnings go to stderr: wincrash.render)."""
 
 from __future__ import annotations
 
@@ -41,5 +41,3 @@ def print_conversion(result: ConversionResult, as_json: bool = False) -> None:
                       f"top-level tables; {result.file_size:,} bytes against {result.full_size:,} for a full dump")
     console.print(f"  time        {result.seconds_finding_windows:.2f} s finding Windows, "
                   f"{result.seconds_writing:.2f} s writing")
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")

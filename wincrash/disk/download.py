@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ from wincrash.output import atomic_output
 from wincrash.progress import byte_progress
 
 
-@dataclass
+@dataclass(frozen=True)
 class Downloaded:
-    """A file copied to the host."""
+    """A file copied to the host: its path, its size in bytes, and the seconds the copy took."""
 
     path: Path
     size: int
@@ -29,14 +30,20 @@ class Downloaded:
 
 
 def download(g: Any, remote: str, local: Path, expected_size: int, force: bool = False,
-             progress: bool = True, label: str | None = None) -> Downloaded:
-    """Stream ``remote`` (a path inside the appliance) to ``local`` and verify its size."""
+             progress: bool = True, label: str | None = None, inputs: Iterable[Path] = ()) -> Downloaded:
+    """Stream ``remote`` (a path inside the appliance) to ``local`` and verify its size (bytes).
+
+    WincrashError when the copy fails or its size differs from ``expected_size``; the partial file
+    is removed (atomic_output). ``progress`` shows a bar on a terminal's stderr. ``local`` must not be
+    one of ``inputs`` (the disk images), whatever ``force`` says.
+    """
     import guestfs  # noqa: PLC0415 - distribution module, already imported by the backend
 
     from wincrash.errors import WincrashError
 
     started = time.monotonic()
-    with atomic_output(local, force) as fh, byte_progress(label or local.name, expected_size, progress) as advance:
+    with atomic_output(local, force, inputs) as fh, \
+            byte_progress(label or local.name, expected_size, progress, speed=True) as advance:
         done = [0]
 
         def on_progress(_event: int, _handle: int, _buf: bytes, array: list[int]) -> None:

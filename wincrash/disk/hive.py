@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from wincrash.disk.guestfs_backend import guestfs_call
+from wincrash.errors import WincrashError
 
 REG_SZ = 1
 REG_EXPAND_SZ = 2
@@ -26,12 +27,21 @@ TYPE_NAMES = {REG_SZ: "REG_SZ", REG_EXPAND_SZ: "REG_EXPAND_SZ", REG_BINARY: "REG
 
 @contextlib.contextmanager
 def open_hive(g: Any, path: str, write: bool = False) -> Iterator[int]:
-    """Open the hive at ``path`` (guest path) and yield its root node; commit is the caller's job."""
+    """Open the hive at ``path`` (guest path) and yield its root node; commit is the caller's job.
+
+    Every libguestfs RuntimeError raised in the block (a truncated or damaged hive) becomes one
+    WincrashError naming ``path``.
+    """
     guestfs_call(f"{path}: cannot open the registry hive", g.hivex_open, path, write=write)
     try:
         yield guestfs_call(f"{path}: damaged registry hive", g.hivex_root)
+    except RuntimeError as exc:  # hivex reads lazily: a truncated or damaged hive fails in any later call
+        detail = str(exc).strip().splitlines()[0].removeprefix("libguestfs: error: ") if str(exc).strip() else ""
+        raise WincrashError(f"{path}: damaged registry hive ({detail or exc.__class__.__name__}); nothing was "
+                            "written") from None
     finally:
-        g.hivex_close()
+        with contextlib.suppress(RuntimeError):
+            g.hivex_close()
 
 
 def child(g: Any, node: int, *names: str) -> int | None:

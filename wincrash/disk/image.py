@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wincrash.errors import WincrashError
 from wincrash.inputs import open_input
@@ -24,15 +25,20 @@ from wincrash.inputs import open_input
 LOCK_MARKERS = ('"write" lock', "Is another process using the image")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageInfo:
-    """What `qemu-img info` says about one image (the top of its backing chain)."""
+    """What `qemu-img info --output=json --backing-chain` says about one image (the top of its chain)."""
 
     path: Path
-    format: str
-    virtual_size: int
-    backing_chain: list[str] = field(default_factory=list)  # backing files, top-down, without the top
+    format: str  # qemu-img's "format": qcow2, raw, vmdk, vhdx...
+    virtual_size: int  # bytes the guest sees ("virtual-size")
+    backing_chain: tuple[str, ...] = ()  # backing files, top-down, without the top
     in_use: bool = False  # a running process (QEMU) holds a write lock on it
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape: path, format, virtual_size (bytes), backing_chain (list), in_use."""
+        return {"path": str(self.path), "format": self.format, "virtual_size": self.virtual_size,
+                "backing_chain": list(self.backing_chain), "in_use": self.in_use}
 
 
 def _qemu_img() -> str:
@@ -79,7 +85,7 @@ def probe_image(path: Path | str) -> ImageInfo:
         chain = json.loads(proc.stdout)
         top = chain[0]
         info = ImageInfo(path=path, format=top["format"], virtual_size=int(top["virtual-size"]),
-                         backing_chain=[c["filename"] for c in chain[1:]], in_use=in_use)
+                         backing_chain=tuple(c["filename"] for c in chain[1:]), in_use=in_use)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise WincrashError(f"{path}: cannot understand qemu-img info output ({exc})") from None
     if info.format == "raw" and not _looks_like_disk(path):

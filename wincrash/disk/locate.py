@@ -13,7 +13,8 @@ looked at too, because a damaged registry is exactly when someone needs this.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wincrash.disk import hive
@@ -27,7 +28,7 @@ MEMORY_MANAGEMENT = ("Control", "Session Manager", "Memory Management")
 CRASH_CONTROL = ("Control", "CrashControl")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuestFile:
     """One file to fetch: where it is in the appliance, and what Windows calls it."""
 
@@ -35,32 +36,37 @@ class GuestFile:
     windows_path: str  # C:\pagefile.sys
     mount_path: str  # /sda2/pagefile.sys (inside the appliance)
     device: str
-    size: int
+    size: int  # bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape: role, windows_path, device, size (bytes)."""
+        return {"role": self.role, "windows_path": self.windows_path, "device": self.device, "size": self.size}
 
 
-@dataclass
+@dataclass(frozen=True)
 class WindowsInstall:
-    """One Windows installation and its crash settings."""
+    """One Windows installation and its crash settings (filled in stages: found, read_settings, locate_files)."""
 
     device: str  # the filesystem holding %SystemRoot% (the boot volume)
     systemroot: str  # path on that filesystem, e.g. /Windows
     found_by: str  # "inspection" or "scan"
     product: str | None = None
     letter: str = "C"  # drive letter of the boot volume as Windows sees it
-    drive_map: dict[str, str] = field(default_factory=dict)  # letter -> device
+    drive_map: Mapping[str, str] = field(default_factory=dict)  # letter -> device
     hive_path: str = ""  # mount path of the SYSTEM hive
     control_set: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    files: list[GuestFile] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # value name -> data, from the SYSTEM hive
+    files: tuple[GuestFile, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON shape: device, systemroot, found_by, product, boot_volume_letter, control_set, settings,
+        notes, files (each GuestFile.to_dict())."""
         return {
             "device": self.device, "systemroot": self.systemroot, "found_by": self.found_by,
             "product": self.product, "boot_volume_letter": self.letter, "control_set": self.control_set,
-            "settings": self.settings, "notes": self.notes,
-            "files": [{"role": f.role, "windows_path": f.windows_path, "device": f.device, "size": f.size}
-                      for f in self.files],
+            "settings": dict(self.settings), "notes": list(self.notes),
+            "files": [f.to_dict() for f in self.files],
         }
 
 
@@ -122,15 +128,14 @@ def inspect_windows(g: Any) -> list[WindowsInstall]:
         try:
             if g.inspect_get_type(root) != "windows":
                 continue
-            install = WindowsInstall(device=root, systemroot=g.inspect_get_windows_systemroot(root),
-                                     found_by="inspection", product=g.inspect_get_product_name(root))
-            install.drive_map = {k.upper(): v for k, v in g.inspect_get_drive_mappings(root).items()}
+            systemroot = g.inspect_get_windows_systemroot(root)
+            product = g.inspect_get_product_name(root)
+            drive_map = {k.upper(): v for k, v in g.inspect_get_drive_mappings(root).items()}
         except RuntimeError:
             continue
-        for letter, dev in install.drive_map.items():
-            if dev == root:
-                install.letter = letter
-        installs.append(install)
+        letter = next((k for k, dev in reversed(drive_map.items()) if dev == root), "C")
+        installs.append(WindowsInstall(device=root, systemroot=systemroot, found_by="inspection", product=product,
+                                       letter=letter, drive_map=drive_map))
     g.umount_all()
     return installs
 
@@ -145,33 +150,39 @@ def scan_for_windows(g: Any, devices: list[str]) -> list[WindowsInstall]:
                 systemroot = real[len(mount_point(dev)):][: -len(SYSTEM_HIVE) - 1]
                 installs.append(WindowsInstall(
                     device=dev, systemroot=systemroot, found_by="scan",
-                    notes=["libguestfs inspection did not recognise this Windows (damaged system?); "
-                           "found by scanning the NTFS filesystems"]))
+                    notes=("libguestfs inspection did not recognise this Windows (damaged system?); "
+                           "found by scanning the NTFS filesystems",)))
                 break
     return installs
 
 
-def read_settings(g: Any, install: WindowsInstall) -> None:
-    """Fill ``install.settings`` from the SYSTEM hive; damaged hives leave defaults and a note."""
-    install.hive_path = _real_path(g, mount_point(install.device) + install.systemroot + "/" + SYSTEM_HIVE) or ""
+def read_settings(g: Any, install: WindowsInstall) -> WindowsInstall:
+    """``install`` with its SYSTEM hive path, control set and crash settings; damaged hives leave defaults and a note.
+
+    Settings (from the control set Select\\Current names): Memory Management\\PagingFiles and
+    ExistingPageFiles, CrashControl\\DumpFile, MinidumpDir and CrashDumpEnabled; None when unset.
+    """
+    hive_path = _real_path(g, mount_point(install.device) + install.systemroot + "/" + SYSTEM_HIVE) or ""
     settings: dict[str, Any] = {"PagingFiles": None, "ExistingPageFiles": None, "DumpFile": None,
                                 "MinidumpDir": None, "CrashDumpEnabled": None}
-    install.settings = settings
-    if not install.hive_path:
-        install.notes.append("no SYSTEM hive: using Windows' default locations")
-        return
+    if not hive_path:
+        return replace(install, hive_path="", settings=settings,
+                       notes=(*install.notes, "no SYSTEM hive: using Windows' default locations"))
+    control_set = None
+    notes = install.notes
     try:
-        with hive.open_hive(g, install.hive_path) as root:
-            install.control_set = hive.current_control_set(g, root)
-            mm = hive.child(g, root, install.control_set, *MEMORY_MANAGEMENT)
-            cc = hive.child(g, root, install.control_set, *CRASH_CONTROL)
+        with hive.open_hive(g, hive_path) as root:
+            control_set = hive.current_control_set(g, root)
+            mm = hive.child(g, root, control_set, *MEMORY_MANAGEMENT)
+            cc = hive.child(g, root, control_set, *CRASH_CONTROL)
             for node, names in ((mm, ("PagingFiles", "ExistingPageFiles")),
                                 (cc, ("DumpFile", "MinidumpDir", "CrashDumpEnabled"))):
                 for name in names:
                     value = hive.get_value(g, node, name) if node else None
                     settings[name] = value[1] if value else None
     except (WincrashError, RuntimeError) as exc:
-        install.notes.append(f"cannot read the SYSTEM hive ({exc}): using Windows' default locations")
+        notes = (*notes, f"cannot read the SYSTEM hive ({exc}): using Windows' default locations")
+    return replace(install, hive_path=hive_path, control_set=control_set, settings=settings, notes=notes)
 
 
 def parse_paging_files(entries: list[str] | str | None) -> list[tuple[str, int | None, int | None]]:
@@ -216,9 +227,15 @@ def _resolve(g: Any, windows_path: str, install: WindowsInstall, devices: list[s
     return found
 
 
-def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> None:
-    """Fill ``install.files`` with every paging file, dump file, minidump and live kernel report."""
+def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> WindowsInstall:
+    """``install`` with ``files``: every paging file, dump file, minidump and live kernel report it has.
+
+    Paths come from the settings read_settings found, and Windows' default locations are always
+    looked at too. Notes say what is missing (no paging file, no dump file).
+    """
     seen: set[str] = set()
+    files: list[GuestFile] = []
+    notes = list(install.notes)
 
     def add(role: str, windows_path: str, dev: str, real: str) -> None:
         if real in seen:
@@ -228,8 +245,7 @@ def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> None:
         if dev == install.device:
             letter = install.letter
         shown = f"{letter}:" + real[len(mount_point(dev)):].replace("/", "\\") if letter else windows_path
-        install.files.append(GuestFile(role=role, windows_path=shown, mount_path=real, device=dev,
-                                       size=g.filesize(real)))
+        files.append(GuestFile(role=role, windows_path=shown, mount_path=real, device=dev, size=g.filesize(real)))
 
     settings = install.settings
     paging = [p for p, _, _ in parse_paging_files(settings.get("PagingFiles"))]
@@ -239,15 +255,15 @@ def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> None:
         role = "swapfile" if path.lower().endswith("swapfile.sys") else "pagefile"
         for dev, real in _resolve(g, path, install, devices):
             add(role, path, dev, real)
-    if not any(f.role == "pagefile" for f in install.files):
-        install.notes.append("no paging file found (none configured, or it was deleted)")
+    if not any(f.role == "pagefile" for f in files):
+        notes.append("no paging file found (none configured, or it was deleted)")
 
     dump_file = _expand(settings.get("DumpFile") or DEFAULT_DUMP_FILE, install)
     for candidate in dict.fromkeys([dump_file, _expand(DEFAULT_DUMP_FILE, install)]):
         for dev, real in _resolve(g, candidate, install, devices):
             add("dumpfile", candidate, dev, real)
-    if not any(f.role == "dumpfile" for f in install.files):
-        install.notes.append(f"no dump file at {dump_file} (Windows writes it on the reboot after a crash)")
+    if not any(f.role == "dumpfile" for f in files):
+        notes.append(f"no dump file at {dump_file} (Windows writes it on the reboot after a crash)")
 
     for role, folder in (("minidump", settings.get("MinidumpDir") or DEFAULT_MINIDUMP_DIR),
                          ("minidump", DEFAULT_MINIDUMP_DIR),
@@ -258,6 +274,7 @@ def locate_files(g: Any, install: WindowsInstall, devices: list[str]) -> None:
                 real = real_dir + "/" + name
                 if name.lower().endswith(".dmp") and g.is_file(real):
                     add(role, windows_dir.rstrip("\\") + "\\" + name.replace("/", "\\"), dev, real)
+    return replace(install, files=tuple(files), notes=tuple(notes))
 
 
 def _resolve_dir(g: Any, windows_dir: str, install: WindowsInstall, devices: list[str]) -> list[tuple[str, str]]:

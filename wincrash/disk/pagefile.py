@@ -9,6 +9,7 @@ header says how long it is (dmp.reader.dump_extent); the rest of the pagefile is
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,22 @@ class EmbeddedDump:
                 "bugcheck": self.bugcheck, "problems": self.problems, "sound": self.sound}
 
 
-def extract_dump(pagefile: Path, out: Path, force: bool = False, progress: bool = True) -> EmbeddedDump:
-    """Write the dump at the start of ``pagefile`` to ``out``, trimmed to its header's extent, and check it."""
+def extract_dump(pagefile: Path, out: Path, force: bool = False, progress: bool = True,
+                 inputs: Iterable[Path] = ()) -> EmbeddedDump:
+    """Write the dump at the start of ``pagefile`` to ``out``, trimmed to its header's extent, and check it.
+
+    ``out`` is never ``pagefile`` nor one of ``inputs`` (WincrashError), whatever ``force`` says.
+    """
+    from wincrash.describe import describe_file  # noqa: PLC0415
     from wincrash.dmp.reader import dump_extent  # noqa: PLC0415 - keeps `grab-pagefile` import light
-    from wincrash.info import describe_file  # noqa: PLC0415
 
     with open(pagefile, "rb") as src:
         extent = dump_extent(src)
         available = os.fstat(src.fileno()).st_size
         size = min(extent, available)
         src.seek(0)
-        with atomic_output(out, force) as dst, byte_progress(f"cutting {out.name}", size, progress) as advance:
+        with atomic_output(out, force, [pagefile, *inputs]) as dst, \
+                byte_progress(f"cutting {out.name}", size, progress) as advance:
             left = size
             while left:
                 block = src.read(min(CHUNK, left))

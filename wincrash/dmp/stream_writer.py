@@ -2,7 +2,7 @@
 
 The DMP's page layout depends only on Windows' memory runs (full: header, then the runs' pages in run
 order; complete bitmap: header, summary, bitmap, then the runs' pages in frame order), so once the runs
-are known (found through the monitor before the dump: capture/stream_capture.py) every streamed page
+are known (found through the monitor before the dump: convert/stream.py) every streamed page
 has a place. Zero pages are left as holes. Pages outside the runs, which the analysis may still read
 (and which a DMP does not hold), are kept after the DMP's end and cut off when it is finished.
 

@@ -107,6 +107,25 @@ def check_kvm(host: HostRoot) -> Check:
     return ok(name, f"{path} is present, opens read-write and speaks KVM API {api}", path=str(path), api=api)
 
 
+def check_kvm_runs(host: HostRoot) -> Check:
+    """Can KVM run a full guest (wincrash.kvm: KVM_CREATE_VM, KVM_CREATE_VCPU, vmx/svm)? A /dev/kvm that
+    answers its API but cannot (nested host without VT-x/AMD-V exposed, kvm_pvm) hangs QEMU and libguestfs."""
+    from wincrash.kvm import kvm_status  # noqa: PLC0415 - the probe the libguestfs appliance uses too
+
+    name = "host.kvm-runs-guests"
+    path = host.dev / "kvm"
+    if not path.exists():
+        return fail(name, f"{path} is missing: guests run under TCG only (slow)",
+                    "see host.kvm", usable=False)
+    status = kvm_status(host.dev, host.proc)
+    if not status.usable:
+        return fail(name, f"KVM cannot run guests here: {status.reason}",
+                    "expose VT-x/AMD-V to this host (nested virtualization in its hypervisor); until then QEMU "
+                    "needs -accel tcg, and grab-pagefile/prepare run libguestfs under TCG on their own "
+                    "(LIBGUESTFS_BACKEND_SETTINGS=force_tcg)", usable=False)
+    return ok(name, status.reason, usable=True)
+
+
 def check_cpu_virt(host: HostRoot) -> Check:
     name = "host.cpu-virt"
     flag = cpu_virt_flag(host)
@@ -198,4 +217,4 @@ def check_qemu_version(version_text: str | None, source: str) -> Check:
 
 def host_checks(host: HostRoot) -> list[Check]:
     """The checks that need nothing but the host (QEMU version and firmware are added by the caller)."""
-    return [check_kvm(host), check_cpu_virt(host), check_nested(host), check_kernel(host)]
+    return [check_kvm(host), check_kvm_runs(host), check_cpu_virt(host), check_nested(host), check_kernel(host)]

@@ -13,7 +13,7 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
 def print_doctor(report: DoctorReport, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     if report.vm is not None:
         typer.echo(f"VM: {report.vm['name']}")

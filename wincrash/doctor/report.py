@@ -32,7 +32,7 @@ class Check:
         if self.status != "ok" and not self.fix:
             raise ValueError(f"{self.name}: a {self.status} check needs a fix")
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "found": self.found, "fix": self.fix,
                 "details": self.details}
 
@@ -51,7 +51,7 @@ def fail(name: str, found: str, fix: str, /, **details: Any) -> Check:
 
 @dataclass
 class DoctorReport:
-    vm: dict[str, Any] | None  # Target.as_dict() of the VM examined, None for host-only runs
+    vm: dict[str, Any] | None  # Target.to_dict() of the VM examined, None for host-only runs
     checks: list[Check]
 
     @property
@@ -69,6 +69,6 @@ class DoctorReport:
                 return check
         raise KeyError(name)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "ok": self.exit_code == EXIT_OK, "counts": self.counts,
-                "checks": [c.as_dict() for c in self.checks]}
+                "checks": [c.to_dict() for c in self.checks]}

@@ -76,7 +76,7 @@ async def _vm_part(vm: str, connect: str | None) -> tuple[dict[str, object], VmF
             facts.process = None  # a local QEMU that happens to own those thread ids, not the one we talk to
         # A UNIX socket is on this host; otherwise trust only a QEMU process we could see (facts.find_process).
         local = target.kind == "unix" or facts.process is not None
-        return target.as_dict(), facts, local
+        return target.to_dict(), facts, local
 
 
 def run_doctor(vm: str | None, connect: str | None = None, dump_dir: Path | None = None,

@@ -2,7 +2,7 @@
 AMD64 (0x4D0 bytes), ARM64 (ARM64_NT_CONTEXT, 0x390 bytes) and x86 (0x2CC bytes), per winnt.h.
 
 The layout is fixed by the Windows ABI; offsets matter more than names, so each one used by
-wincrash is listed in tests/parsers/test_dump_structs.py.
+wincrash is listed in tests/unit/formats/test_dump_structs.py.
 """
 
 from __future__ import annotations

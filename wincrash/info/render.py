@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wincrash.info.report import Report
+from wincrash.describe.report import Report
 
 TABLE_SECTIONS = {"runs", "drivers", "cpus", "segments"}
 TEXT_ROWS_SHOWN = 10  # text output shows this many rows of a long table; --json has every row
@@ -33,6 +33,8 @@ def print_report(report: Report, as_json: bool = False, console: Console | None 
         for problem in report.problems:
             console.print(f"[yellow]warning:[/yellow] {problem}")
         console.print(f"[yellow]{len(report.problems)} problem(s) found[/yellow]")
+    elif report.unchecked:
+        console.print(f"no problems in the headers read; not checked: {report.unchecked}")
     else:
         console.print("[green]sound: no problems found[/green]")
 
@@ -65,6 +67,17 @@ def _print_rows(console: Console, rows: list[Any], indent: str, what: str) -> No
         return
     if not isinstance(rows[0], dict):
         console.print(f"{indent}{', '.join(map(str, rows))}")
+        return
+    keys = list(rows[0])
+    cells = [[str(row.get(k, "")) for k in keys] for row in rows[:TEXT_ROWS_SHOWN]]
+    natural = len(indent) + sum(2 + max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys))
+    if natural > console.width:  # a table would cut values short ("0xfffff…"): one block per row instead
+        label = max(len(k) for k in keys)
+        for cell in cells:
+            for i, key in enumerate(keys):
+                console.print(f"{indent}{'- ' if i == 0 else '  '}{key.ljust(label)}  {cell[i]}")
+        if len(rows) > TEXT_ROWS_SHOWN:
+            console.print(f"{indent}({TEXT_ROWS_SHOWN} of {len(rows)} {what} shown; --json has them all)")
         return
     table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False)
     table.add_column("", no_wrap=True)  # indent

@@ -17,6 +17,7 @@ guest-physical address, zero pages as holes), which then serves as an ordinary r
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from typing import BinaryIO
 from construct import Container
 
 from wincrash.errors import WincrashError
-from wincrash.formats.elf import ELF64_NHDR_SIZE, QEMU_CPUSTATE_SIZE, QEMU_NOTE_TYPE, Elf64_Nhdr, QEMUCPUState, note_pad
+from wincrash.formats.elf import QEMU_CPUSTATE_SIZE, QEMU_NOTE_TYPE, QEMUCPUState
 from wincrash.formats.kdump import (
     COMPRESSED_LZO,
     COMPRESSED_SNAPPY,
@@ -44,7 +45,7 @@ from wincrash.formats.kdump import (
     KdumpSubHeader64,
 )
 from wincrash.memory.flattened import FlatReader, PlainReader
-from wincrash.memory.qemu_elf import Segment
+from wincrash.memory.qemu_elf import Segment, iter_notes
 from wincrash.memory.scratch import pwrite_all, scratch_file
 from wincrash.progress import byte_progress
 
@@ -113,33 +114,41 @@ def read_layout(fh: BinaryIO, size: int) -> tuple[KdumpLayout, Reader]:
 
 
 def _bit_runs(bitmap: bytes, limit: int) -> Iterator[tuple[int, int]]:
-    """(first bit, count) of every run of set bits (little-endian bit order), below ``limit``."""
-    value = int.from_bytes(bitmap, "little") & ((1 << limit) - 1)
-    pfn = 0
-    while value:
-        low = (value & -value).bit_length() - 1
-        value >>= low
-        pfn += low
-        run = (~value & (value + 1)).bit_length() - 1
-        yield pfn, run
-        value >>= run
-        pfn += run
+    """(first bit, count) of every run of set bits (little-endian bit order), below ``limit``.
+
+    Linear in the bitmap's size whatever its pattern (stretches of zero bytes are skipped by a regex,
+    each other byte is decoded from a table), and never larger than the bitmap whatever ``limit`` says.
+    """
+    limit = min(limit, len(bitmap) * 8)
+    start = count = 0
+    for match in _NONZERO.finditer(bitmap, 0, (limit + 7) // 8):
+        for i, byte in enumerate(match.group(), match.start()):
+            for first, n in _BYTE_RUNS[byte]:
+                bit = i * 8 + first
+                if bit >= limit:
+                    break
+                n = min(n, limit - bit)
+                if count and start + count == bit:
+                    count += n
+                else:
+                    if count:
+                        yield start, count
+                    start, count = bit, n
+    if count:
+        yield start, count
+
+
+_NONZERO = re.compile(rb"[^\x00]+")
+# For each byte value, its runs of set bits as (first bit, length), LSB first.
+_BYTE_RUNS = tuple(tuple((m.start(), m.end() - m.start()) for m in re.finditer("1+", format(v, "08b")[::-1]))
+                   for v in range(256))
 
 
 def qemu_cpu_notes(data: bytes) -> Iterator[Container]:
     """QEMUCPUState of every 'QEMU' note in an ELF note area (what QEMU stores in kdump's note area)."""
-    pos = 0
-    while pos + ELF64_NHDR_SIZE <= len(data):
-        nh = Elf64_Nhdr.parse(data[pos:pos + ELF64_NHDR_SIZE])
-        name_at = pos + ELF64_NHDR_SIZE
-        desc_at = name_at + nh.n_namesz + note_pad(nh.n_namesz)
-        end = desc_at + nh.n_descsz + note_pad(nh.n_descsz)
-        if desc_at + nh.n_descsz > len(data):
-            return
-        name = data[name_at:name_at + nh.n_namesz].rstrip(b"\0")
-        if name == b"QEMU" and nh.n_type == QEMU_NOTE_TYPE and nh.n_descsz >= QEMU_CPUSTATE_SIZE:
-            yield QEMUCPUState.parse(data[desc_at:desc_at + nh.n_descsz])
-        pos = end
+    for _pos, name, note_type, desc in iter_notes(data):
+        if name == b"QEMU" and note_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
+            yield QEMUCPUState.parse(desc)
 
 
 def _decompressor(flags: int) -> Callable[[bytes], bytes]:

@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +38,12 @@ class PhysicalSource:
     def __post_init__(self) -> None:
         self.segments.sort(key=lambda s: s.paddr)
         self._starts = segment_starts(self.segments)
+
+    @cached_property
+    def held_pages(self) -> int:
+        """4 KiB pages of guest memory the file really holds (sum of the segments' ``filesz``): the bound
+        for any work driven by what the input's own tables claim (page-table walks, run lists)."""
+        return sum(seg.filesz for seg in self.segments) // PAGE
 
     @property
     def fileno(self) -> int:

@@ -8,6 +8,7 @@ converter copy memory with copy_file_range instead of page by page.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +46,10 @@ __all__ = ["ElfLayout", "QemuElf", "Segment", "cpu_mode", "cpu_summary", "machin
 
 MAX_NOTES_BYTES = 64 << 20  # a 4096-vCPU guest needs ~3 MiB of notes; more means a corrupt header
 MAX_PHDRS = 4096
+# vCPU notes accepted at most, per note type: QEMU's q35 machine allows max_cpus 4096 (hw/i386/pc_q35.c,
+# QEMU 9.0 and later; 1024 before), which is also the largest KVM_MAX_VCPUS on x86 (Linux
+# CONFIG_KVM_MAX_NR_VCPUS, at most 4096). More notes than that is not a QEMU dump of a real guest.
+MAX_VCPU_NOTES = 4096
 CR0_PE = 1
 
 
@@ -57,6 +62,7 @@ class ElfLayout:
     cpus: list[Container] = field(default_factory=list)  # QEMUCPUState v1, one per vCPU, in order
     prstatus: list[Container] = field(default_factory=list)
     file_size: int = 0
+    vaddrs: list[int] = field(default_factory=list)  # p_vaddr of each PT_LOAD (all 0 in a paging=false dump)
 
     @property
     def missing_ranges(self) -> list[tuple[int, int]]:
@@ -85,15 +91,17 @@ def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
         raise WincrashError(f"ELF file of type {ehdr.e_type}, not a core dump (ET_CORE): not a memory dump")
     if ehdr.e_phnum == 0 or ehdr.e_phnum > MAX_PHDRS or ehdr.e_phentsize != ELF64_PHDR_SIZE:
         raise WincrashError(f"ELF core with {ehdr.e_phnum} program headers of {ehdr.e_phentsize} bytes: malformed")
+    if ehdr.e_phoff + ehdr.e_phnum * ELF64_PHDR_SIZE > file_size:
+        raise WincrashError(f"truncated or damaged ELF file: {ehdr.e_phnum} program headers at offset "
+                            f"0x{ehdr.e_phoff:x} run past the end of the file ({file_size:,} bytes)")
     table = os.pread(fh.fileno(), ehdr.e_phnum * ELF64_PHDR_SIZE, ehdr.e_phoff)
-    if len(table) < ehdr.e_phnum * ELF64_PHDR_SIZE:
-        raise WincrashError("truncated ELF file: the program headers run past the end of the file")
     layout = ElfLayout(machine=ehdr.e_machine, segments=[], file_size=file_size)
     for i in range(ehdr.e_phnum):
         ph = Elf64_Phdr.parse(table[i * ELF64_PHDR_SIZE:(i + 1) * ELF64_PHDR_SIZE])
         if ph.p_type == PT_LOAD and ph.p_memsz:
             present = max(0, min(ph.p_filesz, file_size - ph.p_offset))
             layout.segments.append(Segment(ph.p_paddr, ph.p_memsz, ph.p_offset, min(present, ph.p_memsz)))
+            layout.vaddrs.append(ph.p_vaddr)
         elif ph.p_type == PT_NOTE:
             _read_notes(fh, ph, layout)
     layout.segments.sort(key=lambda s: s.paddr)
@@ -102,24 +110,38 @@ def read_elf_layout(fh: BinaryIO, file_size: int) -> ElfLayout:
 
 def _read_notes(fh: BinaryIO, ph: Container, layout: ElfLayout) -> None:
     if ph.p_filesz > MAX_NOTES_BYTES:
-        raise WincrashError(f"ELF note segment of {ph.p_filesz:,} bytes: malformed")
+        raise WincrashError(f"ELF note segment of {ph.p_filesz:,} bytes at offset 0x{ph.p_offset:x}: malformed")
+    if ph.p_offset + ph.p_filesz > layout.file_size:
+        raise WincrashError(f"truncated or damaged ELF file: the note segment at offset 0x{ph.p_offset:x} "
+                            f"({ph.p_filesz:,} bytes) runs past the end of the file ({layout.file_size:,} bytes)")
     data = os.pread(fh.fileno(), ph.p_filesz, ph.p_offset)
+    for pos, name, note_type, desc in iter_notes(data):
+        if name == b"QEMU" and note_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
+            layout.cpus.append(QEMUCPUState.parse(desc))
+        elif name == b"CORE" and note_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
+            layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
+        if max(len(layout.cpus), len(layout.prstatus)) > MAX_VCPU_NOTES:
+            raise WincrashError(f"ELF core with more than {MAX_VCPU_NOTES} vCPU notes (QEMU and KVM allow "
+                                f"{MAX_VCPU_NOTES} vCPUs at most): malformed notes at offset 0x{ph.p_offset + pos:x}")
+
+
+def iter_notes(data: bytes) -> Iterator[tuple[int, bytes, int, bytes]]:
+    """(offset in ``data``, name without NULs, n_type, descriptor) of each ELF note in a note area.
+
+    Elf64_Nhdr, then the name and the descriptor, each padded to 4 bytes (ELF gABI). A note that runs
+    past the end of ``data`` ends the walk: what was complete is kept (an interrupted dump). Used for
+    QEMU's ELF notes and for the same notes in kdump's note area.
+    """
     pos = 0
     while pos + ELF64_NHDR_SIZE <= len(data):
         nh = Elf64_Nhdr.parse(data[pos:pos + ELF64_NHDR_SIZE])
         name_at = pos + ELF64_NHDR_SIZE
         desc_at = name_at + nh.n_namesz + note_pad(nh.n_namesz)
         end = desc_at + nh.n_descsz + note_pad(nh.n_descsz)
-        if end > len(data) + note_pad(nh.n_descsz):
-            break  # a truncated note: keep what was complete
-        name = data[name_at:name_at + nh.n_namesz].rstrip(b"\0")
-        desc = data[desc_at:desc_at + nh.n_descsz]
-        if name == b"QEMU" and nh.n_type == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPUSTATE_SIZE:
-            layout.cpus.append(QEMUCPUState.parse(desc))
-        elif name == b"CORE" and nh.n_type == NT_PRSTATUS and len(desc) >= X86_64_PRSTATUS_SIZE:
-            layout.prstatus.append(X86_64_ElfPrstatus.parse(desc))
+        if desc_at + nh.n_descsz > len(data):
+            return  # a truncated note: keep what was complete
+        yield pos, data[name_at:name_at + nh.n_namesz].rstrip(b"\0"), nh.n_type, data[desc_at:desc_at + nh.n_descsz]
         pos = end
-
 
 def machine_name(machine: int) -> str:
     """x86_64 / i386 / the raw number."""
@@ -158,6 +180,13 @@ class QemuElf:
         if not layout.segments:
             raise WincrashError(f"{path}: ELF core without memory segments")
         paging = paging_segments(list(layout.segments))
+        if paging is not None and not any(layout.vaddrs):
+            # Overlapping PT_LOADs without virtual addresses: not paging=true (QEMU writes p_vaddr 0 only
+            # without paging, dump/dump.c), but segments that alias each other: a damaged header.
+            return MemoryMap(QemuElf.kind, paging[0], tuple(layout.cpus), layout.machine, None, (
+                "the ELF's PT_LOAD segments overlap in guest-physical memory although the dump was taken without "
+                "paging (every p_vaddr is 0): a damaged header; where they alias, the first segment's bytes are "
+                "used and memory no segment holds is written as zeros",))
         if paging is not None:  # paging=true: PT_LOADs per virtual mapping, overlapping in physical memory
             return MemoryMap(f"{QemuElf.kind} (paging)", paging[0], tuple(layout.cpus), layout.machine, None,
                              (paging[1],))

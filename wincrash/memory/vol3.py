@@ -53,8 +53,17 @@ def layer_mappings(path: Path, layer_class: Any, start: int = 0) -> Iterator[tup
                                       ignore_errors=True))
     except LayerException as exc:
         raise WincrashError(f"{path}: volatility3's {layer_class.__name__} cannot read it ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - JSONDecodeError, UnicodeDecodeError, ValueError, KeyError...
+        # volatility3's parsers raise more than LayerException on a truncated or damaged stream (the vmstate
+        # JSON at its end, a segment table of nothing): all mean the same to the user.
+        detail = " ".join(str(exc).split())[:160] or exc.__class__.__name__
+        raise WincrashError(f"{path}: volatility3's {layer_class.__name__} cannot read it (truncated or damaged: "
+                            f"{exc.__class__.__name__}: {detail})") from None
     for offset, length, mapped_offset, mapped_length, _layer in mappings:
         yield offset, length, mapped_offset + start, mapped_length
+
+
+PHYSICAL_LIMIT = 1 << 52  # x64 physical addresses have at most 52 bits (Intel SDM vol. 3, 4.1.4)
 
 
 def plain_segments(mappings: Iterator[tuple[int, int, int, int]]) -> tuple[PackedSegments, list[tuple[int, int]]]:
@@ -62,6 +71,10 @@ def plain_segments(mappings: Iterator[tuple[int, int, int, int]]) -> tuple[Packe
     segments = PackedSegments()
     other: list[tuple[int, int]] = []
     for offset, length, mapped_offset, mapped_length in mappings:
+        if not 0 < length <= PHYSICAL_LIMIT or not 0 <= offset <= PHYSICAL_LIMIT - length or mapped_offset < 0:
+            raise WincrashError(f"a memory range of {length:#x} bytes at guest-physical {offset:#x} (file offset "
+                                f"{mapped_offset:#x}) lies outside any physical address (x64: 52 bits): "
+                                "damaged header")
         if mapped_length == length:
             segments.append(Segment(offset, length, mapped_offset, length))
         else:

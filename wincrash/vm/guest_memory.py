@@ -63,7 +63,7 @@ class DumpResult:
         """Bytes written per second (0 for an instant dump)."""
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form, for --json results (seconds rounded to ms, throughput in MiB/s)."""
         return {"path": str(self.path), "format": self.format, "size": self.size, "guest_ram": self.guest_ram,
                 "seconds": round(self.seconds, 3), "throughput_mib_s": round(self.throughput / 2**20, 1),

@@ -38,7 +38,7 @@ class PanicInfo:
             text += f": bugcheck {self.bugcheck_code:#x} ({params})"
         return text
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form, for --json results."""
         return {"event": self.event, "action": self.action, "source": self.source,
                 "bugcheck_code": self.bugcheck_code, "parameters": self.parameters}

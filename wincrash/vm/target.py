@@ -54,7 +54,7 @@ class Target:
             return (self.host, self.port)
         raise NotQmpError(f"{self.describe()}: libvirt domains are reached through libvirt, not QMP directly")
 
-    def as_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, object]:
         """JSON form, for --json results."""
         data: dict[str, object] = {"kind": self.kind, "name": self.describe()}
         if self.path is not None:

@@ -17,14 +17,13 @@ from typing import Any
 from wincrash.memory.source import PhysicalSource
 from wincrash.windows.kdbg import KdbgBlock
 from wincrash.windows.kernel import KernelView
+from wincrash.windows.memory_runs import read_runs
 from wincrash.windows.offsets import BUILDS
 from wincrash.windows.paging import KUSER_SHARED_DATA_VA, AddressSpace, cr3_base
 from wincrash.windows.vcpus import CpuFacts, HyperV, read_processors
 from wincrash.windows.version import read_kuser, read_version
 
 KPROCESS_DIRECTORY_TABLE_BASE = 0x28  # same on every x64 build (see windows/offsets.py)
-MAX_MEMORY_RUNS_READ = 4096  # PHYSICAL_MEMORY_RUN entries read from MmPhysicalMemoryBlock at most
-PHYSICAL_ADDRESS_LIMIT = 1 << 52  # input segments at or above this are not RAM (x64: 52-bit physical)
 
 
 @dataclass(frozen=True)
@@ -144,28 +143,6 @@ def read_bugcheck(space: AddressSpace, kdbg: KdbgBlock) -> tuple[int, tuple[int,
         return None
     code, p1, p2, p3, p4 = struct.unpack("<5Q", raw)
     return code & 0xFFFFFFFF, (p1, p2, p3, p4)
-
-
-def read_runs(source: PhysicalSource, space: AddressSpace,
-              kdbg: KdbgBlock) -> tuple[tuple[tuple[int, int], ...], str, tuple[str, ...]]:
-    """(runs as (first page, page count), how found, warnings) from MmPhysicalMemoryBlock.
-
-    PHYSICAL_MEMORY_DESCRIPTOR: NumberOfRuns u32, pad, NumberOfPages u64, then (BasePage, PageCount)
-    u64 pairs. When it is unreadable, the input's RAM ranges (below 2^52) are used instead.
-    """
-    pointer = space.read_u64(kdbg.mm_physical_memory_block)
-    head = space.read(pointer, 16) if pointer else None
-    if head is None:
-        ram = tuple((s.paddr // 0x1000, s.size // 0x1000) for s in source.segments if s.paddr < PHYSICAL_ADDRESS_LIMIT)
-        return ram, "input segments", ("MmPhysicalMemoryBlock is not readable: runs taken from the input's RAM "
-                                       "ranges",)
-    count, _pad, pages = struct.unpack("<IIQ", head)
-    raw = space.read(pointer + 16, 16 * min(count, MAX_MEMORY_RUNS_READ)) or b""
-    runs = [struct.unpack_from("<QQ", raw, 16 * i) for i in range(len(raw) // 16)]
-    warnings = ()
-    if sum(c for _, c in runs) != pages:
-        warnings = (f"MmPhysicalMemoryBlock: NumberOfPages {pages} differs from the sum of its runs",)
-    return tuple((b, c) for b, c in runs if c), "MmPhysicalMemoryBlock (Windows' own view of RAM)", warnings
 
 
 def read_system_dtb(source: PhysicalSource, space: AddressSpace, kdbg: KdbgBlock, build: int) -> int | None:

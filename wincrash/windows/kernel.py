@@ -19,13 +19,17 @@ from construct import Container
 from wincrash.errors import WincrashError
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource
-from wincrash.windows.paging import KUSER_SHARED_DATA_VA, PFN_MASK, AddressSpace, cr3_base
+from wincrash.windows.paging import KUSER_SHARED_DATA_VA, PFN_MASK, AddressSpace, TooManyMappings, cr3_base
 from wincrash.windows.pe import PeImage, is_kernel_pdb, is_secure_kernel_pdb, parse_pe
 
 KERNEL_SCAN_START = 0xFFFFF800_00000000
 KERNEL_SCAN_END = 0xFFFFF810_00000000
 MAX_SCAN_BACK = 64 << 20  # bytes: how far below an IDT handler ntoskrnl's header may lie
 MAX_PML4_CANDIDATES = 64  # self-mapped pages tried before giving up on a raw image
+# Pages a kernel-range walk may find beyond the pages the input holds (firmware, device memory mapped
+# by the kernel): past that the tables map more than exists, so they are not a real kernel's.
+WALK_SLACK_PAGES = 4096
+WALKS_PER_SEARCH = 8  # the search's total walking budget, in walks of the input's size
 PML4_SCAN_CHUNK = 0x200000  # bytes read per pread while scanning for a PML4
 
 
@@ -116,6 +120,8 @@ class _KernelSearch:
         self.source = source
         self.tried: list[str] = []
         self.secure_kernel: SecureKernel | None = None
+        self.walk_limit = source.held_pages + WALK_SLACK_PAGES  # addresses one kernel-range walk may meet
+        self.walk_budget = WALKS_PER_SEARCH * self.walk_limit  # and all walks of this search together
 
     def _view(self, space: AddressSpace, image: PeImage, dtb_method: str, kernel_method: str) -> KernelView:
         return KernelView(space.dtb, space, image, dtb_method, kernel_method, tuple(self.tried), self.secure_kernel)
@@ -150,10 +156,14 @@ class _KernelSearch:
                 continue
             seen.add(dtb)
             space = AddressSpace(self.source.read, dtb)
-            image = self._kernel_by_scan(space)
-            if image is not None:
-                return self._view(space, image, "scan for a self-referencing PML4", "scan of kernel address space")
-            if len(seen) > MAX_PML4_CANDIDATES:
+            if (refs := space.self_references()) != 1:
+                self.tried.append(f"PML4 candidate 0x{dtb:x} has {refs} self-referencing entries (Windows has one)")
+            else:
+                image = self._kernel_by_scan(space)
+                if image is not None:
+                    return self._view(space, image, "scan for a self-referencing PML4",
+                                      "scan of kernel address space")
+            if len(seen) > MAX_PML4_CANDIDATES or self.walk_budget <= 0:
                 break
         self.tried.append("scanned memory for a PML4 with a self-reference that maps KUSER_SHARED_DATA and a "
                           f"kernel: {len(seen)} candidate(s), none led to ntoskrnl")
@@ -171,9 +181,22 @@ class _KernelSearch:
         return None
 
     def _kernel_by_scan(self, space: AddressSpace) -> PeImage | None:
-        """ntoskrnl among the PE headers mapped in the kernel range (2 MiB steps first, then 4 KiB)."""
+        """ntoskrnl among the PE headers mapped in the kernel range (2 MiB steps first, then 4 KiB).
+
+        Each walk meets at most ``walk_limit`` addresses (the input's pages and a slack) and the whole
+        search at most ``walk_budget``: tables that map more than the input holds are rejected.
+        """
+        try:
+            return self._scan_kernel_range(space)
+        except TooManyMappings as exc:
+            self.tried.append(f"{exc}: not a real kernel's page tables")
+            return None
+
+    def _scan_kernel_range(self, space: AddressSpace) -> PeImage | None:
         for step in (0x200000, 0x1000):
-            for va in space.mapped_pages(KERNEL_SCAN_START, KERNEL_SCAN_END, step):
+            limit = min(self.walk_limit, max(self.walk_budget, 0))
+            for va in space.mapped_pages(KERNEL_SCAN_START, KERNEL_SCAN_END, step, limit):
+                self.walk_budget -= 1
                 if space.read(va, 2) == b"MZ":
                     image = parse_pe(space.read, va)
                     if image and is_kernel_pdb(image.pdb_name):

@@ -2,7 +2,7 @@
 
 Everything else about a kernel is read from the dump itself (KDBG Offset*/Size* fields, KUSER_SHARED_DATA).
 Values are those of the real ntkrnlmp.pdb symbol tables (volatility3 ISF files, ../shared/samples/isf); the
-test kit's full tables (wincrash_testkit.synth.symbols) hold the same values and tests/synth/test_offsets_isf.py
+test kit's full tables (wincrash_testkit.synth.symbols) hold the same values and tests/unit/testkit/test_offsets_isf.py
 checks both against the ISF files. KPROCESS.DirectoryTableBase is 0x28 on every one of these builds.
 """
 

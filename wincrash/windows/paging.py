@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 PFN_MASK = 0x000F_FFFF_FFFF_F000
 PRESENT = 1
@@ -19,6 +19,10 @@ def canonical(va: int) -> int:
     """Sign-extend a 48-bit virtual address."""
     va &= 0xFFFF_FFFF_FFFF
     return va | 0xFFFF_0000_0000_0000 if va & (1 << 47) else va
+
+
+class TooManyMappings(Exception):  # noqa: N818 - a signal to the caller, not an error the user sees
+    """A walk met more mappings than its limit: the tables map more than the input holds (not a real kernel's)."""
 
 
 class AddressSpace:
@@ -75,13 +79,25 @@ class AddressSpace:
         data = self.read(va, 8)
         return None if data is None else int.from_bytes(data, "little")
 
-    def mapped_pages(self, start: int, end: int, step: int = 0x1000) -> list[int]:
-        """Virtual addresses of mapped pages in [start, end) on ``step`` boundaries, by walking the tables.
+    def mapped_pages(self, start: int, end: int, step: int = 0x1000, limit: int | None = None) -> Iterator[int]:
+        """Virtual addresses of mapped pages in [start, end) on ``step`` boundaries, by walking the tables, lazily.
 
         Walking the tables skips unmapped gigabytes at once, which is what makes a symbol-less scan
-        of the kernel's address range affordable.
+        of the kernel's address range affordable. ``limit``: how many addresses may be yielded at most;
+        one more raises TooManyMappings. Each address stands for at least one mapped 4 KiB page, so
+        a caller passes the number of pages the input holds (plus a slack): tables that map more than
+        that (every entry naming the same frame, a self-referencing page at every level) are not a real
+        kernel's, and the walk's work stays bounded by the input's real size whatever the tables claim.
         """
-        found: list[int] = []
+        count = 0
+        for va in self._mapped_pages(start, end, step):
+            count += 1
+            if limit is not None and count > limit:
+                raise TooManyMappings(f"DTB 0x{self.dtb:x} maps more than {limit:,} pages in "
+                                      f"0x{start:x}-0x{end:x}: more than the input holds")
+            yield va
+
+    def _mapped_pages(self, start: int, end: int, step: int) -> Iterator[int]:
         va = start
         while va < end:
             i4, i3, i2 = (va >> 39) & 0x1FF, (va >> 30) & 0x1FF, (va >> 21) & 0x1FF
@@ -94,20 +110,23 @@ class AddressSpace:
                 va = canonical(((va >> 30) + 1) << 30)
                 continue
             if e3 & LARGE:
-                found.extend(range(va, min(end, canonical(((va >> 30) + 1) << 30)), step))
+                yield from range(va, min(end, canonical(((va >> 30) + 1) << 30)), step)
                 va = canonical(((va >> 30) + 1) << 30)
                 continue
             e2 = self._entry(e3 & PFN_MASK, i2)
             nxt = canonical(((va >> 21) + 1) << 21)
             if e2 & PRESENT:
                 if e2 & LARGE or step >= 0x200000:
-                    found.extend(range(va, min(end, nxt), step) if step < 0x200000 else [va])
+                    yield from (range(va, min(end, nxt), step) if step < 0x200000 else (va,))
                 else:
                     for i1 in range((va >> 12) & 0x1FF, 512):
                         page_va = (va & ~0x1FFFFF) | (i1 << 12)
                         if page_va >= end:
                             break
                         if self._entry(e2 & PFN_MASK, i1) & PRESENT and page_va % step == 0:
-                            found.append(page_va)
+                            yield page_va
             va = nxt
-        return found
+
+    def self_references(self) -> int:
+        """How many PML4 entries point back at the PML4 itself (Windows keeps exactly one: the self-map)."""
+        return sum(1 for i in range(512) if self._entry(self.dtb, i) & (PFN_MASK | PRESENT) == self.dtb | PRESENT)

@@ -20,12 +20,16 @@ from construct import Container
 from wincrash.memory.qemu_elf import cpu_mode
 from wincrash.memory.source import PhysicalSource
 from wincrash.windows.kdbg import KdbgBlock
-from wincrash.windows.kernel import KernelView, SecureKernel, images_around_idt_handler
+from wincrash.windows.kernel import KernelView, SecureKernel, idt_handler, images_around_idt_handler
 from wincrash.windows.offsets import KPCR_PRCB_OFFSET
 from wincrash.windows.paging import KUSER_SHARED_DATA_VA, AddressSpace, cr3_base
 from wincrash.windows.pe import PeImage, is_hypervisor_pdb
 
 MAX_PROCESSORS = 2048  # KiProcessorBlock entries read at most
+# Distinct (CR3, IDT) pairs whose IDT handler is searched for a hypervisor image (each search scans up to
+# 64 MiB below the handler): a Hyper-V host's notes share the hypervisor's image, so once one is found the
+# rest are matched against it; past this many fruitless searches the remaining notes stay unmatched.
+MAX_HYPERVISOR_SEARCHES = 16
 REGISTERS_FROM_NOTE = "qemu-note"
 REGISTERS_NONE = "none (no matching vCPU note)"
 KPCR_SELF_OFFSET = 0x18  # KPCR.Self (every x64 build, windows/offsets.py)
@@ -117,20 +121,43 @@ def classify_vcpus(source: PhysicalSource, kprcbs: Sequence[int]) -> VcpuClasses
     note_for: dict[int, int] = {}
     in_hypervisor: list[int] = []
     hv_image: PeImage | None = None
+    maps_kuser: dict[int, bool] = {}  # CR3 -> maps KUSER_SHARED_DATA (notes share a handful of CR3s)
+    searched: dict[tuple[int, int], PeImage | None] = {}  # (CR3, IDT base) -> hypervisor image found
     for i, cpu in enumerate(source.cpus):
         if cpu_mode(cpu) != "long":
             continue  # reset, INIT or real mode: neither NT's nor the hypervisor's registers
         kpcr = cpu.gs.base if cpu.cs.selector & 3 == 0 else cpu.kernel_gs_base
         n = by_kprcb.get(kpcr + KPCR_PRCB_OFFSET)
-        if n is not None and AddressSpace(source.read, cr3_base(cpu.cr[3])).translate(KUSER_SHARED_DATA_VA) \
-                is not None:
-            note_for[n] = i
-            continue
-        image = hypervisor_of(source.read, cpu)
+        cr3 = cr3_base(cpu.cr[3])
+        if n is not None:
+            if cr3 not in maps_kuser:
+                maps_kuser[cr3] = AddressSpace(source.read, cr3).translate(KUSER_SHARED_DATA_VA) is not None
+            if maps_kuser[cr3]:
+                note_for[n] = i
+                continue
+        image = _hypervisor_cached(source, cpu, hv_image, searched)
         if image is not None:
             in_hypervisor.append(i)
             hv_image = hv_image or image
     return VcpuClasses(MappingProxyType(note_for), tuple(in_hypervisor), hv_image)
+
+
+def _hypervisor_cached(source: PhysicalSource, cpu: Container, known: PeImage | None,
+                       searched: dict[tuple[int, int], PeImage | None]) -> PeImage | None:
+    """hypervisor_of, linear in the notes: a known hypervisor image containing the note's IDT handler is
+    taken without a search, a (CR3, IDT) pair is searched once, and at most MAX_HYPERVISOR_SEARCHES are."""
+    key = (cr3_base(cpu.cr[3]), cpu.idt.base)
+    if key in searched:
+        return searched[key]
+    if known is not None:
+        handler = idt_handler(AddressSpace(source.read, key[0]), cpu.idt.base)
+        if handler is not None and known.contains(handler):
+            searched[key] = known
+            return known
+    if len(searched) >= MAX_HYPERVISOR_SEARCHES:
+        return None
+    searched[key] = hypervisor_of(source.read, cpu)
+    return searched[key]
 
 
 def check_kprcb(space: AddressSpace, kprcb: int | None, index: int) -> str | None:
@@ -159,6 +186,11 @@ def read_kprcbs(space: AddressSpace, kdbg: KdbgBlock) -> tuple[list[int], str]:
     blocks: list[int] = []
     for i in range(MAX_PROCESSORS):
         value = space.read_u64(kdbg.ki_processor_block + 8 * i)
+        # Into the entries read so far (the entry itself included); a KPRCB may follow the array in .data.
+        if value is not None and kdbg.ki_processor_block <= value < kdbg.ki_processor_block + 8 * (i + 1):
+            return blocks, f"entry {i} 0x{value:x} points into KiProcessorBlock itself"
+        if value in blocks:
+            return blocks, f"entry {i} 0x{value:x} repeats entry {blocks.index(value)}"
         reason = check_kprcb(space, value, i)
         if reason is not None:
             return blocks, f"entry {i} {reason}"
@@ -214,6 +246,8 @@ def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock)
     if not blocks:
         return Processors((), None, None, (f"KiProcessorBlock {stop}: no processor contexts written",))
     count, winner, warnings = processor_count(len(blocks), exported_processor_count(kernel), len(source.cpus))
+    if "itself" in stop or "repeats" in stop:
+        warnings.insert(0, f"KiProcessorBlock {stop}: inconsistent, the processors from there on are left out")
     blocks = blocks[:count]
     classes = classify_vcpus(source, blocks)
     note_for: Mapping[int, int] = classes.nt_note_for
@@ -236,7 +270,8 @@ def read_processors(source: PhysicalSource, kernel: KernelView, kdbg: KdbgBlock)
         warnings.append(f"Hyper-V detected: vCPU note(s) {', '.join(map(str, classes.in_hypervisor))} hold the "
                         "hypervisor's registers, not Windows': those processors' contexts come from "
                         "KPRCB.ProcessorState")
-    not_long = [i for i in range(len(source.cpus)) if i not in long_mode]
+    long_set = set(long_mode)
+    not_long = [i for i in range(len(source.cpus)) if i not in long_set]
     if not_long:
         warnings.append(f"vCPU note(s) {', '.join(map(str, not_long))} are not in long mode (reset, INIT or real "
                         "mode): their registers are not Windows'; those processors' contexts come from "

@@ -2,7 +2,7 @@
 
 Every value comes from wincrash_testkit.synth.symbols (real ntkrnlmp.pdb symbol tables); the KDBG Offset*/
 Size* fields are derived from those offsets the way the kernel fills them (checked against a real 19041
-triage dump's KDBG by tests/synth/test_offsets_isf.py).
+triage dump's KDBG by tests/unit/testkit/test_offsets_isf.py).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class Segment:
     flags: int
     base: int
 
-    def as_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int]:
         return {"selector": self.selector, "limit": self.limit, "flags": self.flags, "base": self.base}
 
 
@@ -47,9 +47,9 @@ class CpuState:
     cr: list[int] = field(default_factory=lambda: [0] * 5)
     kernel_gs_base: int = 0
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return {"index": self.index, "registers": dict(self.regs),
-                "segments": {k: v.as_dict() for k, v in self.segments.items()}, "cr": list(self.cr),
+                "segments": {k: v.to_dict() for k, v in self.segments.items()}, "cr": list(self.cr),
                 "kernel_gs_base": self.kernel_gs_base}
 
 

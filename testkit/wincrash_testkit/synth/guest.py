@@ -3,15 +3,15 @@
 Everything a converter must find is placed as real Windows places it (structure offsets and symbol RVAs of
 the real kernels, encoded KDBG, self-referencing page tables, Windows' own RAM runs); most of RAM stays
 zero, so any size from 256 MiB to 64 GiB costs a few MiB and seconds. Seeded and deterministic: the stages
-below share one RNG, so their order is part of the output (tests/synth/test_synth_hyperv.py pins it).
+below share one RNG, so their order is part of the output (tests/unit/testkit/test_synth_hyperv.py pins it).
 
-Stages, one module each: kernel (ntoskrnl image), objects (drivers, modules, processes, threads), system
+Stages, one module each: kernel (ntoskrnl image), objects (drivers, modules, threads), processes, system
 (RAM runs, bugcheck, KUSER_SHARED_DATA), processors, debugger (KDBG), hyperv (root partition), noise.
 """
 
 from __future__ import annotations
 
-from wincrash_testkit.synth import debugger, hyperv, kernel, noise, objects, processors, system
+from wincrash_testkit.synth import debugger, hyperv, kernel, noise, objects, processes, processors, system
 from wincrash_testkit.synth.kernel import DATA_SYMBOLS
 from wincrash_testkit.synth.paging import pte_base
 from wincrash_testkit.synth.spec import NMI_HARDWARE_FAILURE, SUPPORTED_BUILDS, Guest, GuestSpec
@@ -28,7 +28,7 @@ def generate(spec: GuestSpec) -> Guest:
     kernel.map_kernel(b)
     objects.load_drivers(b)
     objects.module_list(b)
-    objects.processes(b)
+    processes.processes(b)
     system.memory_block(b)
     system.bugcheck(b)
     system.kuser(b)
@@ -36,6 +36,7 @@ def generate(spec: GuestSpec) -> Guest:
     debugger.debugger_data(b)
     if spec.hyperv:
         hyperv.build(b)
+    processes.share_kernel_half(b)
     noise.noise(b)
     layout = b.layout
     symbols = {name: b.sym(name) for name in DATA_SYMBOLS + ("NtBuildNumber", "NtBuildLab")}
@@ -48,6 +49,7 @@ def generate(spec: GuestSpec) -> Guest:
         "reserved_ranges": [list(x) for x in layout.reserved],
         "dtb": b.space.dtb, "self_ref_slot": b.self_ref, "pte_base": pte_base(b.self_ref),
         "mm_pfn_database": {"va": b.sym("MmPfnDatabase"), "value": b.pfn_database},
+        "kernel_regions": dict(b.regions),
         "symbols": symbols, "ki_processor_block": b.sym("KiProcessorBlock"),
         "ps_loaded_module_list": b.sym("PsLoadedModuleList"), "ps_active_process_head": b.sym("PsActiveProcessHead"),
         **b.truth,

@@ -181,6 +181,6 @@ def build(b: Builder) -> None:
         "hv_cpus": hv_cpus,
         "nt_dtb": b.space.dtb,
         "nt_contexts": b.nt_contexts,
-        "note_registers": [dict(st.as_dict(), context="hypervisor" if st.index in hv_cpus else "nt")
+        "note_registers": [dict(st.to_dict(), context="hypervisor" if st.index in hv_cpus else "nt")
                            for st in note_states],
     }

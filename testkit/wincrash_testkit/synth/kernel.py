@@ -24,9 +24,12 @@ KERNEL_EXPORTS = ("KdDebuggerEnabled", "KdDebuggerNotPresent", "KeBugCheckEx", "
                   "MmUserProbeAddress", "NtBuildLab", "NtBuildNumber", "PsInitialSystemProcess",
                   "PsLoadedModuleList")
 
+POOLCODE_SIZE = 0x2000  # the pool allocator's non-paged code section, right after .text in every x64 ntoskrnl
+# (MemProcFS recognises ntoskrnl by 'MZ' and this section's name in its first page)
+
 
 def plan_kernel(b: Builder) -> None:
-    """Choose the kernel base and lay out its sections around the real RVAs (.text, PAGE, .rdata, .data, ...)."""
+    """Choose the kernel base and lay out its sections around the real RVAs (.text, POOLCODE, PAGE, .data, ...)."""
     wb, rng = b.wb, b.rng
     rvas = wb.rvas
     if b.spec.build == 7601:
@@ -41,6 +44,7 @@ def plan_kernel(b: Builder) -> None:
     pcr_end = b.pcr0_rva + -(-wb.sizes["_KPCR"] // PAGE) * PAGE
     text_end = -(-(max(rvas[s] for s in CODE_SYMBOLS) + 0x20000) // PAGE) * PAGE
     text_end = min(text_end, data_lo - 0x20000)
+    pool_code_end = text_end + POOLCODE_SIZE
     page_end = text_end + ((data_lo - text_end) * 3 // 5) & ~0xFFF
     late = [r for r in rvas.values() if r >= pcr_end]
     late_end = -(-(max(late) + 0x10000) // PAGE) * PAGE if late else pcr_end + 0x40000
@@ -48,7 +52,8 @@ def plan_kernel(b: Builder) -> None:
     b.size_of_image = init_end + 0x6000
     b.sections = [
         pe.Section(".text", 0x1000, text_end - 0x1000, pe.TEXT),
-        pe.Section("PAGE", text_end, page_end - text_end, pe.PAGECODE),
+        pe.Section("POOLCODE", text_end, POOLCODE_SIZE, pe.TEXT),
+        pe.Section("PAGE", pool_code_end, page_end - pool_code_end, pe.PAGECODE),
         pe.Section(".rdata", page_end, data_lo - page_end, pe.RDATA),
         pe.Section(".data", data_lo, pcr_end - data_lo, pe.DATA),
         pe.Section("PAGEKD", pcr_end, late_end - pcr_end, pe.PAGECODE),

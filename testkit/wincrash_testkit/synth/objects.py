@@ -1,4 +1,4 @@
-"""Kernel objects the converter walks: loaded drivers (PsLoadedModuleList), processes and their threads."""
+"""Kernel objects the converter walks: loaded drivers (PsLoadedModuleList) and threads (processes: processes.py)."""
 
 from __future__ import annotations
 
@@ -74,25 +74,6 @@ def module_list(b: Builder) -> None:
         entries.append(entry + o["_KLDR_DATA_TABLE_ENTRY.InLoadOrderLinks"])
     b.link_list(b.sym("PsLoadedModuleList"), entries)
     b.truth["modules"] = b.modules
-
-
-def processes(b: Builder) -> None:
-    """Idle, System and smss.exe EPROCESSes; PsActiveProcessHead links all but Idle."""
-    o, sizes = b.wb.offsets, b.wb.sizes
-    procs = []
-    for name, pid, dtb in (("Idle", 0, b.space.dtb), ("System", 4, b.space.dtb),
-                           ("smss.exe", b.rng.randrange(0x40, 0x200) * 4, b.alloc.page())):
-        ep = b.pool.alloc(sizes["_EPROCESS"], 16)
-        b.space.write_u64(ep + o["_KPROCESS.DirectoryTableBase"], dtb)
-        b.space.write_u64(ep + o["_EPROCESS.UniqueProcessId"], pid)
-        b.space.write(ep + o["_EPROCESS.ImageFileName"], name.encode()[:14] + b"\x00")
-        procs.append({"name": name, "pid": pid, "eprocess": ep, "dtb": dtb})
-    b.idle_process, b.system_process = procs[0]["eprocess"], procs[1]["eprocess"]
-    active = procs[1:]  # the idle process is not on PsActiveProcessHead
-    b.link_list(b.sym("PsActiveProcessHead"),
-                    [p["eprocess"] + o["_EPROCESS.ActiveProcessLinks"] for p in active])
-    b.space.write_u64(b.sym("PsInitialSystemProcess"), b.system_process)
-    b.truth["processes"] = active
 
 
 def thread(b: Builder, process: int, stack_top: int, rsp: int, cpu: int) -> int:

@@ -37,12 +37,14 @@ def pte_base(self_ref: int) -> int:
 class AddressSpace:
     """One x64 address space (the kernel half Windows shares between processes)."""
 
-    def __init__(self, mem: PageMap, alloc: PhysAllocator, self_ref: int | None, self_ref_nx: bool) -> None:
-        """``self_ref=None`` builds a space without a self-reference entry (Hyper-V's own address space)."""
+    def __init__(self, mem: PageMap, alloc: PhysAllocator, self_ref: int | None, self_ref_nx: bool,
+                 dtb: int | None = None) -> None:
+        """``self_ref=None`` builds a space without a self-reference entry (Hyper-V's own address space);
+        ``dtb``: the physical address of an already claimed page for the PML4 (default: a fresh random page)."""
         self.mem = mem
         self.alloc = alloc
         self.self_ref = self_ref
-        self.dtb = alloc.page()
+        self.dtb = alloc.page() if dtb is None else dtb
         mem.page(self.dtb // PAGE)
         if self_ref is not None:
             self._set(self.dtb, self_ref, self.dtb | TABLE_FLAGS | (NX if self_ref_nx else 0))
@@ -65,6 +67,31 @@ class AddressSpace:
         self.mem.page(new // PAGE)
         self._set(table, index, new | TABLE_FLAGS | (US if user else 0))
         return new
+
+    def reserve_slot(self, slot: int) -> int:
+        """Create the PDPT of one kernel PML4 slot without mapping anything yet; returns its physical address.
+
+        Windows creates every kernel-half PML4 entry at boot (so processes can share them), each region in its
+        own slot: present, writable, supervisor, executable at this level (the leaves carry NX).
+        """
+        if slot == self.self_ref or not 0x100 <= slot < 0x200:
+            raise ValueError(f"PML4 slot {slot:#x} is not a free kernel slot")
+        return self._next(self.dtb, slot)
+
+    def pdpt(self, slot: int) -> int | None:
+        """Physical address of the PDPT behind one PML4 slot, None when the slot is empty."""
+        entry = self._get(self.dtb, slot)
+        return entry & ADDR_MASK if entry & P else None
+
+    def kernel_half(self) -> list[tuple[int, int]]:
+        """(slot, entry) of every present kernel-half PML4 entry except the self-reference."""
+        entries = ((i, self._get(self.dtb, i)) for i in range(0x100, 0x200) if i != self.self_ref)
+        return [(i, e) for i, e in entries if e & P]
+
+    def share_kernel_half(self, system: AddressSpace) -> None:
+        """Copy ``system``'s kernel-half PML4 entries into this (process) PML4, as process creation does."""
+        for slot, entry in system.kernel_half():
+            self._set(self.dtb, slot, entry)
 
     def map_4k(self, va: int, pa: int, flags: int = KERNEL_DATA) -> None:
         i4, i3, i2, i1 = indexes(va)

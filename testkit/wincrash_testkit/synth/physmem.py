@@ -92,6 +92,17 @@ class PhysAllocator:
                 return pfn * PAGE
         raise RuntimeError("guest RAM exhausted")
 
+    def take(self, pa: int) -> int:
+        """Claim the page at ``pa`` (a place Windows fixes, e.g. the System PML4 low in RAM); returns ``pa``.
+
+        ValueError when the page is already used or lies outside Windows' runs.
+        """
+        pfn = pa // PAGE
+        if pfn in self.used or not any(base <= pfn < base + count for base, count in self.runs):
+            raise ValueError(f"physical page {pa:#x} is not free Windows RAM")
+        self.used.add(pfn)
+        return pfn * PAGE
+
     def large(self) -> int:
         """Physical address of a fresh 2 MiB-aligned, 2 MiB-long free range inside one run."""
         for _ in range(10000):

@@ -89,6 +89,6 @@ def processors(b: Builder) -> None:
         kprcbs.append(prcb)
         cpu_truth.append({"index": i, "kpcr": kpcr, "kpcr_pa": s.pa(kpcr), "kprcb": prcb, "kprcb_pa": s.pa(prcb),
                           "context_va": context, "context_pa": s.pa(context), "current_thread": thread,
-                          "gdt": gdt, "idt": idt, "tss": tss, "stack_top": stack_top, **state.as_dict()})
+                          "gdt": gdt, "idt": idt, "tss": tss, "stack_top": stack_top, **state.to_dict()})
     s.write(b.sym("KiProcessorBlock"), struct.pack(f"<{len(kprcbs)}Q", *kprcbs))
     b.truth["processors"] = cpu_truth

@@ -2,7 +2,7 @@
 
 The values come from the volatility3 ISF tables of the real ntkrnlmp.pdb of each build
 (JPCERTCC/Windows-Symbol-Tables; ../shared/samples/isf holds the five files, absent on a fresh clone, so
-they are never read at run time). tests/synth/test_offsets_isf.py checks every value here against those
+they are never read at run time). tests/unit/testkit/test_offsets_isf.py checks every value here against those
 files when they are present. Keys are "<type>.<field>" (offsets, bytes), "<type>" (sizes, bytes) and symbol
 names (``rvas``: symbol address minus the kernel base, bytes), as the PDB names them.
 

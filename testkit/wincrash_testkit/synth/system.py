@@ -55,7 +55,8 @@ def kuser(b: Builder) -> None:
     o, wb, rng = b.wb.offsets, b.wb, b.rng
     pa = b.alloc.page()
     b.space.map_4k(KUSER_SHARED_DATA_VA, pa, KERNEL_DATA)
-    b.space.map_4k(KUSER_USER_VA, pa, P | US | A | NX)  # the same page, read-only for user mode
+    for space in (b.space, *b.process_spaces):  # the same page, read-only for user mode, in every process
+        space.map_4k(KUSER_USER_VA, pa, P | US | A | NX)
     system_time = rng.randrange(132223104000000000, 133800000000000000)  # 2020 .. 2025 (FILETIME)
     interrupt_time = rng.randrange(600, 30 * 86400) * 10_000_000 + rng.randrange(10_000_000)
     server = b.spec.build in (9600, 14393, 17763)

@@ -21,7 +21,7 @@ def _qemu_note(cpu: CpuState) -> bytes:
     r, seg = cpu.regs, cpu.segments
     state = {"version": elf.QEMU_CPUSTATE_VERSION, "size": elf.QEMU_CPUSTATE_SIZE,
              **{name: r[name] for name in elf.QEMU_GPR_NAMES}, "rip": r["rip"], "rflags": r["rflags"],
-             **{name: dict(seg[name].as_dict(), pad=0) for name in elf.QEMU_SEGMENT_NAMES},
+             **{name: dict(seg[name].to_dict(), pad=0) for name in elf.QEMU_SEGMENT_NAMES},
              "cr": cpu.cr, "kernel_gs_base": cpu.kernel_gs_base}
     return _note(elf.NOTE_NAME_QEMU, elf.QEMU_NOTE_TYPE, elf.QEMUCPUState.build(state))
 
