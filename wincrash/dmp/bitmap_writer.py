@@ -5,21 +5,27 @@ per page frame, rounded up to whole qwords, which LeechCore walks), then from th
 every page whose bit is set, in ascending frame order. Every page of a complete dump's runs is marked
 present (readers take a missing page as unreadable, not as zeros); zero pages are not written: the
 file offsets are skipped and stay holes, so a sparse file costs disk only for its data. The input is
-read once, in chunks, only where it holds data; patched pages are rebuilt, everything else goes to
-the kernel as slices of the read buffer (pwritev).
+read once, only where it holds data, and copied in the kernel (dmp/pagecopy.py copy_range); patched
+pages are rebuilt over the copy.
 """
 
 from __future__ import annotations
 
 import bisect
-import errno
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import BinaryIO
 
 from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
-from wincrash.dmp.pagecopy import WriteResult, apply_edits, patch_pages
+from wincrash.dmp.pagecopy import (
+    COPY_CHUNK,
+    WriteResult,
+    copy_range,
+    patch_pages,
+    patch_written_pages,
+    start_writeback,
+)
 from wincrash.dmp.plan import Patch
 from wincrash.formats.dump import (
     BITMAP_FULL_SIGNATURE,
@@ -32,8 +38,6 @@ from wincrash.memory.pagebits import bitmap_bytes, runs_bitmap, set_ranges
 from wincrash.memory.source import PhysicalSource
 from wincrash.windows.kernel_memory import KernelPages
 
-SCAN_CHUNK = 4 << 20
-ZERO_PAGE = bytes(PAGE_SIZE)
 BITMAP_SUMMARY_SIZE = 0x38
 
 
@@ -50,82 +54,50 @@ def first_page_offset(bits: int) -> int:
     return (bitmap_end + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
-def _sources(source: PhysicalSource, base: int, count: int,
-             patched: dict[int, list[tuple[int, bytes]]]) -> list[tuple[int, int | None, int]]:
-    """Page-aligned (pa, file offset or None, length) pieces of a range of pages that may hold non-zero pages.
+def _rank_index(bitmap: bytes, first: int) -> Callable[[int], int | None]:
+    """pfn -> file offset of the page in a bitmap dump whose pages start at ``first``, or None when absent."""
+    ranges = list(set_ranges(bitmap))
+    bases = [b for b, _c in ranges]
+    ranks = []
+    total = 0
+    for _b, c in ranges:
+        ranks.append(total)
+        total += c
 
-    Data extents of the input, plus single zero pages that a patch makes non-zero, in address order.
-    """
-    pieces: list[tuple[int, int | None, int]] = list(source.page_extents(base * PAGE_SIZE, (base + count) * PAGE_SIZE))
-    starts = [pa for pa, _o, _n in pieces]
-    for pfn in patched:
-        if not base <= pfn < base + count:
-            continue
-        i = bisect.bisect_right(starts, pfn * PAGE_SIZE) - 1
-        if i >= 0 and pieces[i][0] <= pfn * PAGE_SIZE < pieces[i][0] + pieces[i][2]:
-            continue
-        pieces.append((pfn * PAGE_SIZE, None, PAGE_SIZE))
-    pieces.sort()
-    return pieces
-
-
-def _write_nonzero(dst: int, data: memoryview, pa: int, edits: dict[int, list[tuple[int, bytes]]],
-                   offset: int) -> int:
-    """Write the non-zero (or patched) pages of ``data`` (guest-physical ``pa``, file offset ``offset``) at
-    their own offsets, leaving zero pages as holes; return how many pages were written.
-
-    Contiguous pages go to the kernel together (pwritev of slices of ``data``: no copy in Python);
-    only patched pages are rebuilt.
-    """
-    groups: list[tuple[int, list[memoryview | bytes]]] = []  # (offset in data, one buffer per page)
-    end = -1
-    for p in range(0, len(data), PAGE_SIZE):
-        patched = edits.get((pa + p) // PAGE_SIZE)
-        if patched is not None:
-            page: memoryview | bytes = apply_edits(bytes(data[p:p + PAGE_SIZE]), patched)
-        elif data[p:p + PAGE_SIZE] != ZERO_PAGE:
-            page = data[p:p + PAGE_SIZE]
-        else:
-            continue
-        if p == end:
-            groups[-1][1].append(page)
-        else:
-            groups.append((p, [page]))
-        end = p + PAGE_SIZE
-    for start, buffers in groups:
-        at = offset + start
-        for i in range(0, len(buffers), 512):  # IOV_MAX is 1024 on Linux
-            group = buffers[i:i + 512]
-            written = os.pwritev(dst, group, at)
-            if written != sum(len(b) for b in group):
-                raise OSError(errno.EIO, "short write")
-            at += written
-    return sum(len(b) for _s, b in groups)
+    def offset_of(pfn: int) -> int | None:
+        i = bisect.bisect_right(bases, pfn) - 1
+        if i < 0 or pfn >= ranges[i][0] + ranges[i][1]:
+            return None
+        return first + (ranks[i] + pfn - ranges[i][0]) * PAGE_SIZE
+    return offset_of
 
 
 def _write_pages(source: PhysicalSource, header: HeaderFields, patches: Sequence[Patch], bitmap: bytes,
                  signature: bytes, out: BinaryIO, advance: Callable[[int], None]) -> tuple[int, int, tuple[int, ...]]:
-    """Write a DumpType 5 dump holding the pages set in ``bitmap``; (file size, pages present, patches lost)."""
+    """Write a DumpType 5 dump holding the pages set in ``bitmap``; (file size, pages present, patches lost).
+
+    The data of each run goes to its place with copy_range (in the kernel, zero pages left as holes), then
+    the patched pages are rebuilt over what was written.
+    """
     bits = len(bitmap) * 8
     first = first_page_offset(bits)
-    edits = patch_pages(patches)
     dst = out.fileno()
     rank = 0
+    flushed = first  # file offset up to which writeback was started
     for base, count in set_ranges(bitmap):
         at = first + rank * PAGE_SIZE
-        for pa, file_off, n in _sources(source, base, count, edits):
-            for chunk_at in range(0, n, SCAN_CHUNK):
-                size = min(SCAN_CHUNK, n - chunk_at)
-                data = os.pread(source.fileno, size, file_off + chunk_at) if file_off is not None else bytes(size)
-                _write_nonzero(dst, memoryview(data.ljust(size, b"\0")), pa + chunk_at, edits,
-                               at + pa + chunk_at - base * PAGE_SIZE)
+        for pa, file_off, n in source.page_extents(base * PAGE_SIZE, (base + count) * PAGE_SIZE):
+            copy_range(source.fileno, file_off, dst, at + pa - base * PAGE_SIZE, n)
         advance(count * PAGE_SIZE)
         rank += count
+        if at + count * PAGE_SIZE - flushed >= COPY_CHUNK:  # many small runs (kernel dumps)
+            start_writeback(dst, flushed, at + count * PAGE_SIZE - flushed)
+            flushed = at + count * PAGE_SIZE
     size = first + rank * PAGE_SIZE
     header = replace(header, dump_type=DUMP_TYPE_BITMAP, required_dump_space=size)
     os.pwrite(dst, build_header64(header) + build_bitmap_summary(signature, first, rank, bits) + bitmap, 0)
     os.ftruncate(dst, size)
-    lost = tuple(pfn * PAGE_SIZE for pfn in edits if not (pfn < bits and bitmap[pfn >> 3] >> (pfn & 7) & 1))
+    lost = patch_written_pages(source, dst, patch_pages(patches), _rank_index(bitmap, first))
     return size, rank, lost
 
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from wincrash.dmp.bitmap_writer import bitmap_layout, write_bitmap, write_kernel
 from wincrash.dmp.header import HeaderFields, build_header64
-from wincrash.dmp.pagecopy import WriteResult, apply_edits, copy_range, patch_pages
+from wincrash.dmp.pagecopy import WriteResult, copy_range, patch_pages, patch_written_pages
 from wincrash.dmp.plan import DumpPlan, Patch
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_FULL, PAGE_SIZE
 from wincrash.memory.source import PhysicalSource
@@ -103,13 +103,10 @@ def write_full(source: PhysicalSource, header: HeaderFields, patches: Sequence[P
             advance(length)
             dst_off += length
     os.ftruncate(dst, header.required_dump_space)
-    lost = []
     index = _run_index(runs)
-    for pfn, edits in patch_pages(patches).items():
+
+    def offset_of(pfn: int) -> int | None:
         i = index(pfn)
-        if i is None:
-            lost.append(pfn * PAGE_SIZE)
-            continue
-        at = DUMP_HEADER64_SIZE + i * PAGE_SIZE
-        os.pwrite(dst, apply_edits(os.pread(dst, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0"), edits), at)
-    return WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages, 0, tuple(lost))
+        return None if i is None else DUMP_HEADER64_SIZE + i * PAGE_SIZE
+    lost = patch_written_pages(source, dst, patch_pages(patches), offset_of)
+    return WriteResult(DUMP_TYPE_FULL, header.required_dump_space, pages, pages, 0, lost)

@@ -53,6 +53,9 @@ class VmFacts:
     pflash: str | None = None  # the file behind pflash0 (UEFI code), if any
     thread_ids: list[int] = field(default_factory=list)
     process: QemuProcess | None = None
+    # Why `capture` could not stream MEMORY.DMP from this connection (VmConnection.stream_unsupported);
+    # None: it streams (full and bitmap formats), so the ELF is never written.
+    not_streamed: str | None = "not asked"
     unknown: dict[str, str] = field(default_factory=dict)  # fact -> why it is unknown
 
 
@@ -69,7 +72,7 @@ async def gather(vm: VmConnection, proc_root: Path = Path("/proc")) -> VmFacts:
 
     :raises VmError: anything but a refused command (QEMU gone, no QMP passthrough, ...).
     """
-    facts = VmFacts()
+    facts = VmFacts(not_streamed=vm.stream_unsupported())
     version = await _try(vm, facts, "version", "query-version")
     if version:
         q = version.get("qemu", {})

@@ -149,26 +149,34 @@ def check_vmcoreinfo(facts: VmFacts) -> Check:
 
 
 def check_free_space(facts: VmFacts, dump_dir: Path) -> Check:
-    """capture writes the ELF (guest RAM) and then MEMORY.DMP (about guest RAM) side by side."""
+    """Free space in ``dump_dir`` for `capture`: about the guest RAM when capture streams MEMORY.DMP from the
+    dump (``facts.not_streamed`` is None: full and bitmap formats), else twice (the ELF, then MEMORY.DMP
+    side by side; also what `--keep-elf` and `--format kernel` need)."""
     name = "vm.free-space"
     try:
         free = shutil.disk_usage(dump_dir).free
     except OSError as exc:
         return fail(name, f"{dump_dir}: {(exc.strerror or str(exc)).lower()}", "pass an existing folder with "
                     "--dump-dir", dump_dir=str(dump_dir))
-    details = {"dump_dir": str(dump_dir.absolute()), "free": free, "guest_ram": facts.ram}
+    streams = facts.not_streamed is None
+    details = {"dump_dir": str(dump_dir.absolute()), "free": free, "guest_ram": facts.ram, "streams": streams}
     mib = 1 << 20
+    times = "the guest's RAM" if streams else "twice the guest's RAM"
     if facts.ram is None:
         return warn(name, f"{free / mib:,.0f} MiB free in {dump_dir}, guest RAM unknown "
-                    f"({_unknown(facts, 'ram')})", "make sure the folder has twice the guest's RAM free", **details)
-    needed = 2 * facts.ram + DUMP_MARGIN
+                    f"({_unknown(facts, 'ram')})", f"make sure the folder has {times} free", **details)
+    needed = (1 if streams else 2) * facts.ram + DUMP_MARGIN
     where = f"{free / mib:,.0f} MiB free in {dump_dir.absolute()} for {facts.ram / mib:,.0f} MiB of guest RAM"
     fix = (f"free {needed / mib:,.0f} MiB there, or dump elsewhere: `wincrash capture VM -o /big/disk/MEMORY.DMP` "
            "(check that place with doctor --dump-dir)")
     if free < facts.ram + DUMP_MARGIN:
         return fail(name, f"{where}: not even the memory dump fits", fix, **details)
     if free < needed:
-        return warn(name, f"{where}: the ELF fits but not the ELF and MEMORY.DMP together", fix, **details)
+        return warn(name, f"{where}: the ELF fits but not the ELF and MEMORY.DMP together (capture cannot stream "
+                    f"here: {facts.not_streamed})", fix, **details)
+    if streams:
+        return ok(name, f"{where}: capture streams MEMORY.DMP (no ELF); --keep-elf or --format kernel need "
+                  f"{(2 * facts.ram + DUMP_MARGIN) / mib:,.0f} MiB", **details)
     return ok(name, where, **details)
 
 

@@ -74,3 +74,59 @@ def test_qemu_dying_mid_stream_leaves_nothing(make_guest, tmp_path: Path) -> Non
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "QEMU" in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def _start_capture(guest, out: Path, preexec=None):  # noqa: ANN001, ANN202
+    """A `wincrash capture` child streaming ``guest`` into ``out``, returned once QEMU's dump is active."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", str(guest.qmp_path), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    deadline = time.monotonic() + 60
+    while guest.qmp("query-dump")["status"] != "active":  # type: ignore[index]  # the stream has begun
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.01)
+    return proc
+
+
+def _wait_running(guest, seconds: float = 30) -> str:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + seconds
+    while guest.status() != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return guest.status()
+
+
+def test_ctrl_c_mid_stream_leaves_nothing_and_resumes(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
+    import signal
+
+    guest = make_guest(memory=synth_memory(cpus=1, ram_mib=1024, seed=7), ram_mib=1024)
+    assert guest.status() == "running"
+    proc = _start_capture(guest, tmp_path / "M.DMP")
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cancelled" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert _wait_running(guest) == "running"
+    assert guest.qmp("query-dump")["status"] != "active"  # type: ignore[index]  # QEMU's dump was cancelled
+
+
+def test_disk_filling_mid_stream_leaves_nothing_and_resumes(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
+    """A file size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as ENOSPC would on a full disk) hit
+    while pages stream in: one error line, no partial file, the guest runs again."""
+    import resource
+
+    guest = make_guest(memory=synth_memory(cpus=1, ram_mib=1024, seed=8), ram_mib=1024)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))  # CPython ignores SIGXFSZ: EFBIG
+
+    proc = _start_capture(guest, tmp_path / "M.DMP", limit)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode not in (0, 130) and err.startswith("wincrash: error:") and "Traceback" not in err, err
+    assert "too large" in err.lower() or "no space" in err.lower(), err
+    assert list(tmp_path.iterdir()) == []
+    assert _wait_running(guest) == "running"

@@ -53,10 +53,10 @@ def libvirt_domain(libvirt_system) -> Iterator[Callable[..., tuple[str, GuestMem
     os.chmod(workdir, 0o755)  # QEMU runs as libvirt-qemu and must reach the firmware and RAM blobs
     doms = []
 
-    def make(cpus: int = 2) -> tuple[str, GuestMemory]:
+    def make(cpus: int = 2, memory: GuestMemory | None = None, ram_mib: int = 64) -> tuple[str, GuestMemory]:
         name = f"wincrash-test-{os.getpid()}-{next(_names)}"
-        memory = trivial_memory(cpus)
-        doms.append(conn.createXML(domain_xml(name, workdir / name, memory), 0))
+        memory = memory or trivial_memory(cpus)
+        doms.append(conn.createXML(domain_xml(name, workdir / name, memory, ram_mib), 0))
         return name, memory
 
     yield make
@@ -119,3 +119,64 @@ def test_libvirtd_suspended_domain_refused(libvirt_domain) -> None:  # noqa: ANN
     conn.close()
     proc = run_wincrash("nmi", name)
     assert proc.returncode == 2 and "not running (status: paused)" in proc.stderr, proc
+
+
+@pytest.mark.qemu
+def test_libvirtd_capture_streams_and_equals_dump_then_convert(libvirt_domain, tmp_path: Path) -> None:  # noqa: ANN001
+    """libvirt's memory-only dump into our FIFO: MEMORY.DMP straight from the stream, no ELF, equal byte for
+    byte to libvirt's own memory-only dump converted (the domain suspended, so both see one moment); a running
+    domain is paused only by the dump and runs again after; libvirtd survives it."""
+    from wincrash_testkit.testguest.memory import synth_memory
+
+    name, memory = libvirt_domain(memory=synth_memory(build=19041, cpus=2, ram_mib=256, seed=9), ram_mib=256)
+    _wait_booted(name, memory)
+    live = tmp_path / "live.dmp"
+    result = json.loads(run_wincrash("capture", name, "-o", live, "--json", check=True).stdout)
+    assert result["streamed"] is True, result["not_streamed_because"]
+    assert result["dump"]["status_before"] == result["dump"]["status_after"] == "running"
+    assert result["dump"]["paused_seconds"] is not None and result["dump"]["paused_seconds"] > 0
+    assert stat.S_IMODE(live.stat().st_mode) == 0o600 and live.read_bytes()[:8] == b"PAGEDU64"
+
+    conn = libvirt.open("qemu:///system")
+    conn.lookupByName(name).suspend()
+    conn.close()
+    streamed, elf, converted = tmp_path / "s.dmp", tmp_path / "v.elf", tmp_path / "c.dmp"
+    result = json.loads(run_wincrash("capture", name, "-o", streamed, "--json", check=True).stdout)
+    assert result["streamed"] is True and result["dump"]["status_after"] == "paused"
+    run_wincrash("dump", name, "-o", elf, check=True)
+    run_wincrash("convert", elf, "-o", converted, check=True)
+    assert streamed.read_bytes() == converted.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dmp", "live.dmp", "s.dmp", "v.elf"]
+    libvirt.open("qemu:///system").close()  # libvirtd still answers
+
+
+@pytest.mark.qemu
+def test_libvirtd_ctrl_c_mid_stream_leaves_nothing_and_resumes(libvirt_domain, tmp_path: Path) -> None:  # noqa: ANN001
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from wincrash_testkit.testguest.memory import synth_memory
+
+    name, memory = libvirt_domain(memory=synth_memory(build=19041, cpus=1, ram_mib=1024, seed=10), ram_mib=1024)
+    _wait_booted(name, memory)
+    fifos = set(glob.glob(os.path.join(tempfile.gettempdir(), "wincrash-fifo-*")))
+    conn = libvirt.open("qemu:///system")
+    dom = conn.lookupByName(name)
+    proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", name, "-o", str(tmp_path / "M.DMP")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:  # libvirt's dump job has begun
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cancelled" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "wincrash-fifo-*"))) == fifos  # FIFO removed
+    while dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+        assert time.monotonic() < deadline, dom.state()
+        time.sleep(0.05)
+    conn.close()

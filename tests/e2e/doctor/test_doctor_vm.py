@@ -48,6 +48,8 @@ def test_hyperv_ready_guest(qemu: QemuStarter) -> None:
     qemu_check = report.get("host.qemu")
     assert qemu_check.status == "ok" and qemu_check.details["source"] == "the VM's query-version"
     assert report.get("vm.free-space").details["guest_ram"] == 64 << 20
+    space = report.get("vm.free-space")
+    assert space.details["streams"] is True and "capture streams MEMORY.DMP" in space.found  # a UNIX socket
 
 
 def test_plain_guest_lacks_everything(qemu: QemuStarter) -> None:
@@ -201,6 +203,19 @@ def test_free_space(tmp_path: Path) -> None:
     assert check.status == "fail" and check.details["free"] > 0
     assert check_free_space(VmFacts(ram=None), tmp_path).status == "warn"
     assert check_free_space(VmFacts(ram=1), tmp_path / "absent").status == "fail"
+
+
+def test_free_space_when_capture_streams(tmp_path: Path) -> None:
+    """capture streams MEMORY.DMP (no ELF): 1x the guest RAM is enough; not streamed, the same RAM warns."""
+    free = shutil.disk_usage(tmp_path).free
+    if free < 1 << 30:
+        pytest.skip("less than 1 GiB free here: the warn band cannot be shown")
+    ram = free * 3 // 4
+    streamed = check_free_space(VmFacts(ram=ram, not_streamed=None), tmp_path)
+    assert streamed.status == "ok" and streamed.details["streams"] is True and "--keep-elf" in streamed.found
+    tcp = check_free_space(VmFacts(ram=ram, not_streamed="over TCP no file descriptor can be passed"), tmp_path)
+    assert tcp.status == "warn" and "over TCP" in tcp.found and tcp.details["streams"] is False
+    assert check_free_space(VmFacts(ram=free * 2, not_streamed=None), tmp_path).status == "fail"
 
 
 @pytest.mark.parametrize(("state", "status"), [("running", "ok"), ("paused", "warn"), ("guest-panicked", "warn"),
