@@ -50,13 +50,22 @@ def check_not_input(path: Path, inputs: Iterable[Path | str] = ()) -> None:
 def check_destination(path: Path, force: bool, inputs: Iterable[Path | str] = ()) -> None:
     """Refuse early (before any slow or irreversible work) when the output cannot or must not be written.
 
-    Checks, in order: not one of ``inputs`` (even with ``force``), not a folder, not existing
-    (unless ``force``), the parent folder exists and is writable, and an existing file can be
-    replaced there (a sticky folder such as /tmp refuses to replace another user's file).
+    Checks, in order: not one of ``inputs`` (even with ``force``), not a folder, not "-", not an
+    existing device, FIFO or socket (even with ``force``: replacing /dev/null with a dump would break
+    the host), not existing (unless ``force``), the parent folder exists and is writable, and an
+    existing file can be replaced there (a sticky folder such as /tmp refuses to replace another user's
+    file).
     """
     check_not_input(path, inputs)
     if path.is_dir():
         raise WincrashError(f"{path}: is a directory, give a file name")
+    if str(path) == "-":
+        raise WincrashError("-: a dump cannot be written to standard output: give a file name")
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/null is /dev/null
+        if not stat.S_ISREG(mode):
+            raise WincrashError(f"{path}: not a regular file (a device, FIFO or socket): give a file name; it is "
+                                "never replaced, even with --force")
     if (path.exists() or path.is_symlink()) and not force:
         raise WincrashError(f"{path}: already exists (use --force to overwrite)")
     parent = _parent(path)

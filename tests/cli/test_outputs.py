@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -173,3 +174,36 @@ def test_readme_synopses_list_every_flag() -> None:
         assert "--json" in flags, (command, proc.stdout)
         missing = [f for f in flags if f not in synopsis and short.get(f, f) not in synopsis]
         assert not missing, (command, missing)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-null", "dash"])
+def test_output_that_is_not_a_regular_file_is_refused_even_with_force(tmp_path: Path, kind: str) -> None:
+    """`-o /dev/null --force` as root used to replace the host's /dev/null with a dump (a reviewer hit it)."""
+    src = tmp_path / "in.raw"
+    src.write_bytes(os.urandom(64 << 10))
+    if kind == "fifo":
+        out = tmp_path / "out.fifo"
+        os.mkfifo(out)
+    elif kind == "symlink-to-dev-null":
+        out = tmp_path / "null.dmp"
+        out.symlink_to(os.devnull)
+    else:
+        out = Path("-")
+    proc = subprocess.run([sys.executable, "-m", "wincrash", "convert", str(src), "-o", str(out), "--force"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("wincrash: error:")
+    assert "regular file" in proc.stderr or "standard output" in proc.stderr
+    assert Path(os.devnull).is_char_device()
+    if kind == "fifo":
+        assert out.is_fifo()
+    assert not (tmp_path / "-").exists()
+
+
+def test_info_never_calls_an_unread_format_sound(tmp_path: Path) -> None:
+    """A QEMU migration stream is recognised by its signature only: `info` says what it did not check."""
+    path = tmp_path / "vm.qevm"
+    path.write_bytes(b"QEVM\0\0\0\3" + os.urandom(4096))
+    proc = run_wincrash("info", path, "--json")
+    report = json.loads(proc.stdout)
+    assert report["sound"] is None and report["unchecked"]

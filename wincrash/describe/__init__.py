@@ -64,6 +64,7 @@ def _describe(fh: BinaryIO, path: str, size: int) -> Report:
         if magic.startswith(signature):
             report = Report(path=path, size=size, kind=kind, title=title)
             report.notes.append("wincrash recognises this format but does not analyse it further")
+            report.unchecked = "its content (only the signature was read)"  # never called sound unread
             return report
     shown = magic[:8].hex(" ")
     raise WincrashError(f"{path}: not a recognised dump format (starts with {shown})")

@@ -13,6 +13,7 @@ chunks, with and without waiting for older chunks: not waiting was fastest).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -123,7 +124,11 @@ def _data_spans(src_fd: int, src_off: int, length: int, file_size: int, dst_off:
         with memoryview(m) as whole, whole[src_off - lo:] as view:
             return nonzero_spans(view, -dst_off % PAGE_SIZE)
     finally:
-        m.close()
+        # An interrupt (Ctrl-C, SIGTERM) raised inside nonzero_spans leaves slices of the mapping alive in its
+        # traceback: close() then raises BufferError, which would replace the interrupt. The mapping is
+        # unmapped when the last slice goes, so only that error is let pass.
+        with contextlib.suppress(BufferError):
+            m.close()
 
 
 def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
