@@ -13,6 +13,12 @@ child's (wait4 rusage); disk is the output's allocated blocks. The load average 
 after (the machine is shared). Usage:
 
     .venv/bin/python scripts/bench_convert.py [--sizes 1024,4096] [--rounds 2] [--dir /tmp/bench]
+
+With --by-input: conversion speed per input kind on one guest (scripts/bench_inputs.py says how each
+input is made by the real QEMU, makedumpfile and compressors): MiB/s = guest RAM MiB / wall seconds of
+`wincrash convert --format full` (best of --rounds, warm page cache, output fsynced as always).
+
+    .venv/bin/python scripts/bench_convert.py --by-input --sizes 1024 [--rounds 1]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wincrash_testkit.synth.guest import GuestSpec, generate  # noqa: E402
 from wincrash_testkit.synth.writers import write_qemu_elf  # noqa: E402
@@ -113,15 +120,46 @@ def bench(size_mib: int, kind: str, rounds: int, workdir: Path) -> dict:
     return row
 
 
+def bench_inputs(size_mib: int, rounds: int, workdir: Path) -> list[dict]:
+    """One row per input kind: its size, the conversion's seconds, MiB/s of guest RAM and peak RSS."""
+    from bench_inputs import make_inputs
+
+    files, random_mib = make_inputs(size_mib, workdir)
+    out = workdir / "out.dmp"
+    rows = []
+    for kind, path in files.items():
+        run(["sh", "-c", f"cat '{path}' > /dev/null"])
+        best: tuple[float, int] | None = None
+        for _ in range(rounds):
+            os.sync()
+            seconds, rss, _out = run([sys.executable, "-m", "wincrash", "convert", str(path), "-o", str(out),
+                                      "--format", "full", "--force", "--json"])
+            out.unlink()
+            best = (seconds, rss) if best is None or seconds < best[0] else best
+        assert best is not None
+        rows.append({"input": kind, "ram_mib": size_mib, "random_mib": random_mib,
+                     "input_mib": round(path.stat().st_size / 2**20), "seconds": round(best[0], 2),
+                     "mib_per_s": round(size_mib / best[0]), "rss_mib": round(best[1] / 1024)})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1024,4096", help="guest RAM sizes in MiB, comma-separated")
     ap.add_argument("--kinds", default="dense,half-zero")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/wincrash-bench"))
+    ap.add_argument("--by-input", action="store_true", help="MiB/s per input kind (ELF, raw, kdump, savevm, ...)")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    if args.by_input:
+        rows = [row for s in args.sizes.split(",") for row in bench_inputs(int(s), args.rounds, args.dir)]
+        shutil.rmtree(args.dir, ignore_errors=True)
+        print(json.dumps({"load_before": load_before, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
+                          "rows": rows}, indent=2))
+        return
     rows = [bench(int(s), kind, args.rounds, args.dir) for s in args.sizes.split(",") for kind in args.kinds.split(",")]
     shutil.rmtree(args.dir, ignore_errors=True)
     for r in rows:

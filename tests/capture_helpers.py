@@ -96,3 +96,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_libvirt_booted(name: str, memory, timeout: float = 30) -> None:  # noqa: ANN001 - a GuestMemory
+    """Wait until every vCPU of libvirt domain ``name`` (qemu:///system) runs the test guest's Windows: its
+    CR3 is the guest's page-table root (QEMU's `info registers -a`); asserts within ``timeout`` seconds."""
+    import time
+
+    import libvirt
+    import libvirt_qemu
+
+    conn = libvirt.open("qemu:///system")
+    dom = conn.lookupByName(name)
+    deadline = time.monotonic() + timeout
+    while True:
+        regs = libvirt_qemu.qemuMonitorCommand(dom, "info registers -a",
+                                               libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        if regs.count(f"CR3={memory.dtb:016x}") == len(memory.gs_bases):
+            break
+        assert time.monotonic() < deadline, regs
+        time.sleep(0.1)
+    conn.close()

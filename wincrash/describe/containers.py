@@ -19,9 +19,11 @@ from wincrash.formats.kdump import COMPRESSION_NAMES, utsname_fields
 from wincrash.formats.libvirt_save import (
     COMPRESSION,
     HEADER_SIZE,
+    PADDED_HEADER_SIZE,
     PARTIAL_MAGIC,
     SaveHeader,
     domain_facts,
+    header_length,
     is_libvirt_save,
 )
 from wincrash.formats.not_memory import HEAD_BYTES, what_is_it
@@ -84,7 +86,9 @@ def _inner_name(inner: bytes) -> str:
 
 def _describe_libvirt_save(fh: BinaryIO, path: str, size: int, head: bytes) -> Report:
     header = SaveHeader.parse(head[:HEADER_SIZE].ljust(HEADER_SIZE, b"\0"))
-    xml = os.pread(fh.fileno(), min(header.data_len, 1 << 20), HEADER_SIZE)
+    xml_at = header_length(os.pread(fh.fileno(), 8, HEADER_SIZE + header.data_len),
+                           os.pread(fh.fileno(), 8, PADDED_HEADER_SIZE + header.data_len))
+    xml = os.pread(fh.fileno(), min(header.data_len, 1 << 20), xml_at)
     dom = domain_facts(xml)
     compression = COMPRESSION.get(header.compressed, f"unknown ({header.compressed})")
     report = Report(path=path, size=size, kind="libvirt-save",
@@ -93,7 +97,7 @@ def _describe_libvirt_save(fh: BinaryIO, path: str, size: int, head: bytes) -> R
     report.sections["libvirt"] = {
         "version": header.version, "xml_bytes": header.data_len, "was_running": bool(header.was_running),
         "compression": compression, "complete": header.magic != PARTIAL_MAGIC,
-        "stream_offset": HEADER_SIZE + header.data_len,
+        "stream_offset": xml_at + header.data_len,
     }
     report.sections["domain"] = {"name": dom.name, "uuid": dom.uuid, "memory_bytes": dom.memory_bytes,
                                  "vcpus": dom.vcpus}

@@ -2,9 +2,12 @@
 
 Layout (libvirt src/qemu/qemu_saveimage.h, virQEMUSaveHeader, version 2; host byte order): magic
 'LibvirtQemudSave' ('LibvirtQemudPart' while the save is still being written, so a file that still says
-Part is an interrupted save), version, data_len (bytes of domain XML + cookie that follow the 96-byte
-header, NUL padded), was_running, compressed (QEMU_SAVE_FORMAT_*), cookieOffset, 15 unused words.
-The QEMU migration stream ('QEVM', or its compressed form) starts at 96 + data_len. Pure data: no I/O.
+Part is an interrupted save), version, data_len (bytes of domain XML + cookie that follow the 92-byte
+header, NUL padded), was_running, compressed (QEMU_SAVE_FORMAT_*), cookieOffset, 14 unused words.
+The QEMU migration stream ('QEVM', or its compressed form) starts at 92 + data_len: checked on the
+files libvirt 9.0 writes (`virsh save`, `virsh managedsave`). Images made by hand with a 96-byte header
+(15 unused words; the handed sample cases/libvirt-save-header) are read too, see header_length().
+Pure data: no I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from dataclasses import dataclass
 
 from construct import Array, Bytes, Int32ul, Struct
 
+from wincrash.formats.compression import compression_of
+
 SAVE_MAGIC = b"LibvirtQemudSave"
 PARTIAL_MAGIC = b"LibvirtQemudPart"
-HEADER_SIZE = 96
+HEADER_SIZE = 92
+PADDED_HEADER_SIZE = 96  # hand-made images with unused[15]; libvirt itself never wrote this
 # QEMU_SAVE_FORMAT_* (libvirt qemu_saveimage.h; zstd since libvirt 8.x)
 COMPRESSION = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd"}
 
@@ -27,9 +33,25 @@ SaveHeader = Struct(
     "was_running" / Int32ul,
     "compressed" / Int32ul,
     "cookie_offset" / Int32ul,
-    "unused" / Array(15, Int32ul),
+    "unused" / Array(14, Int32ul),
 )
 assert SaveHeader.sizeof() == HEADER_SIZE
+
+
+def header_length(at_header: bytes, at_padded: bytes) -> int:
+    """Bytes before the domain XML: HEADER_SIZE (92, libvirt's layout), or PADDED_HEADER_SIZE (96) when the
+    stream is not where libvirt puts it but a 96-byte header would put it there.
+
+    ``at_header`` / ``at_padded``: the first 8 bytes at HEADER_SIZE + data_len and PADDED_HEADER_SIZE +
+    data_len. A stream is recognised by 'QEVM' or a compressor's magic (formats.compression).
+    """
+    if not _starts_stream(at_header) and _starts_stream(at_padded):
+        return PADDED_HEADER_SIZE
+    return HEADER_SIZE
+
+
+def _starts_stream(data: bytes) -> bool:
+    return data.startswith(b"QEVM") or compression_of(data) is not None
 
 
 def is_libvirt_save(magic: bytes) -> bool:

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from wincrash.errors import WincrashError
 from wincrash.formats.compression import compression_of
-from wincrash.formats.libvirt_save import COMPRESSION, HEADER_SIZE, PARTIAL_MAGIC, SaveHeader, is_libvirt_save
+from wincrash.formats.libvirt_save import (
+    COMPRESSION,
+    HEADER_SIZE,
+    PADDED_HEADER_SIZE,
+    PARTIAL_MAGIC,
+    SaveHeader,
+    header_length,
+    is_libvirt_save,
+)
 from wincrash.formats.not_memory import HEAD_BYTES, what_is_it
 from wincrash.memory.physical import PhysicalSource
 from wincrash.memory.qemu_elf import Segment
@@ -105,7 +113,8 @@ def _open_compressed(path: Path, fh: BinaryIO, start: int, compression: str, wha
 def _open_libvirt_save(path: Path, fh: BinaryIO, size: int, head: bytes, scratch_dir: Path | None,
                        reopen: Callable[[Path, Path | None], PhysicalSource]) -> PhysicalSource:
     header = SaveHeader.parse(head[:HEADER_SIZE].ljust(HEADER_SIZE, b"\0"))
-    start = HEADER_SIZE + header.data_len
+    start = header_length(os.pread(fh.fileno(), 8, HEADER_SIZE + header.data_len),
+                          os.pread(fh.fileno(), 8, PADDED_HEADER_SIZE + header.data_len)) + header.data_len
     compression = COMPRESSION.get(header.compressed)
     partial = header.magic == PARTIAL_MAGIC
     if compression is None:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from capture_helpers import read_phys, read_qemu_elf
+from capture_helpers import read_phys, read_qemu_elf, wait_libvirt_booted
 from helpers import run_wincrash
-from wincrash_testkit.testguest.libvirt_domain import domain_xml
-from wincrash_testkit.testguest.memory import GuestMemory, trivial_memory
 
 libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
-_names = itertools.count()
 
 
 def test_test_driver_nmi() -> None:
@@ -45,51 +39,10 @@ def test_bad_uri() -> None:
     assert proc.returncode == 2 and "cannot connect to libvirt at bogus:///nothing" in proc.stderr
 
 
-@pytest.fixture
-def libvirt_domain(libvirt_system) -> Iterator[Callable[..., tuple[str, GuestMemory]]]:  # noqa: ANN001
-    """Transient TCG domains on the real libvirtd; skip when none is reachable."""
-    conn = libvirt_system
-    workdir = Path(tempfile.mkdtemp(prefix="wclv-"))
-    os.chmod(workdir, 0o755)  # QEMU runs as libvirt-qemu and must reach the firmware and RAM blobs
-    doms = []
-
-    def make(cpus: int = 2, memory: GuestMemory | None = None, ram_mib: int = 64) -> tuple[str, GuestMemory]:
-        name = f"wincrash-test-{os.getpid()}-{next(_names)}"
-        memory = memory or trivial_memory(cpus)
-        doms.append(conn.createXML(domain_xml(name, workdir / name, memory, ram_mib), 0))
-        return name, memory
-
-    yield make
-    for dom in doms:
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_booted(name: str, memory: GuestMemory) -> None:
-    import time
-
-    import libvirt_qemu
-
-    conn = libvirt.open("qemu:///system")
-    dom = conn.lookupByName(name)
-    deadline = time.monotonic() + 30
-    while True:
-        regs = libvirt_qemu.qemuMonitorCommand(dom, "info registers -a",
-                                               libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-        if regs.count(f"CR3={memory.dtb:016x}") == len(memory.gs_bases):
-            break
-        assert time.monotonic() < deadline, regs
-        time.sleep(0.1)
-    conn.close()
-
-
 @pytest.mark.qemu
 def test_libvirtd_nmi_panic_and_dump(libvirt_domain, tmp_path: Path) -> None:  # noqa: ANN001
     name, memory = libvirt_domain(cpus=2)
-    _wait_booted(name, memory)
+    wait_libvirt_booted(name, memory)
     out = tmp_path / "live.elf"
     proc = run_wincrash("dump", name, "-o", out, "--json", check=True)
     result = json.loads(proc.stdout)
@@ -129,7 +82,7 @@ def test_libvirtd_capture_streams_and_equals_dump_then_convert(libvirt_domain, t
     from wincrash_testkit.testguest.memory import synth_memory
 
     name, memory = libvirt_domain(memory=synth_memory(build=19041, cpus=2, ram_mib=256, seed=9), ram_mib=256)
-    _wait_booted(name, memory)
+    wait_libvirt_booted(name, memory)
     live = tmp_path / "live.dmp"
     result = json.loads(run_wincrash("capture", name, "-o", live, "--json", check=True).stdout)
     assert result["streamed"] is True, result["not_streamed_because"]
@@ -161,7 +114,7 @@ def test_libvirtd_ctrl_c_mid_stream_leaves_nothing_and_resumes(libvirt_domain, t
     from wincrash_testkit.testguest.memory import synth_memory
 
     name, memory = libvirt_domain(memory=synth_memory(build=19041, cpus=1, ram_mib=1024, seed=10), ram_mib=1024)
-    _wait_booted(name, memory)
+    wait_libvirt_booted(name, memory)
     fifos = set(glob.glob(os.path.join(tempfile.gettempdir(), "wincrash-fifo-*")))
     conn = libvirt.open("qemu:///system")
     dom = conn.lookupByName(name)

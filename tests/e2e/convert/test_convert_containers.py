@@ -90,9 +90,9 @@ def test_handed_case_info(case, kind, words):
 
 # --- real producers -----------------------------------------------------------------------------------
 def libvirt_header(xml: bytes, compressed: int) -> bytes:
-    """virQEMUSaveHeader v2 (libvirt qemu_saveimage.h) + the XML padded to 4 KiB, as virsh save writes it."""
+    """virQEMUSaveHeader v2 (libvirt qemu_saveimage.h, 92 bytes) + the XML padded to 4 KiB, as virsh save writes it."""
     data = xml + b"\0" * (4096 - len(xml))
-    return struct.pack("<16s5I15I", b"LibvirtQemudSave", 2, len(data), 1, compressed, 0, *[0] * 15) + data
+    return struct.pack("<16s5I14I", b"LibvirtQemudSave", 2, len(data), 1, compressed, 0, *[0] * 14) + data
 
 
 @pytest.fixture(scope="module")
