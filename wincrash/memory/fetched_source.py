@@ -65,6 +65,17 @@ class FetchedSource(PhysicalSource):
             size -= n
         return bytes(out)
 
+    def scan_windows(self, limit: int) -> Iterator[tuple[bytes, list[tuple[int, int, int]]]]:
+        """Whole-memory scans through the monitor: each RAM window of at most ``limit`` bytes fetched once;
+        all-zero windows are skipped."""
+        for pa, size in ((s.paddr, s.size) for s in self.segments):
+            for at in range(0, size, limit):
+                n = min(limit, size - at)
+                self.fetches += 1
+                data = self.fetch(pa + at, n)
+                if data.count(0) != len(data):
+                    yield data, [(pa + at, 0, n)]
+
     def page_extents(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
         """(paddr, scratch-file offset 0, length) windows of the RAM in [start, end) that are not all zero.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +56,15 @@ class PhysicalSource:
         """(guest-physical address, file offset, bytes the file holds) of each segment, in address order,
         without building a Segment object per segment (a bitmap dump may have millions of one-page runs)."""
         return held_extents(self.segments)
+
+    def scan_windows(self, limit: int) -> Iterator[tuple[bytes, list[tuple[int, int, int]]]]:
+        """Whole-memory scans: (data, [(guest-physical address, offset in data, bytes)]) windows of at most
+        ``limit`` bytes, in file order, grouping segments that lie back to back in the file (a bitmap dump's
+        one-page runs); windows that are holes of a sparse file are skipped (zero pages hold nothing)."""
+        for span_off, span_len, pieces in file_spans(self.extents(), limit):
+            if next(self.data_extents(span_off, span_len), None) is None:
+                continue
+            yield os.pread(self.fileno, span_len, span_off), pieces
 
     @property
     def fileno(self) -> int:
@@ -150,3 +159,24 @@ class PhysicalSource:
             hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
             yield data, hole - data
             pos = hole
+
+
+def file_spans(extents: Iterable[tuple[int, int, int]], limit: int
+                ) -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Group (paddr, file offset, bytes) extents that follow each other in the file into spans of at most
+    ``limit`` bytes (a longer extent is cut): (span file offset, span bytes, [(paddr, offset in span, bytes)])."""
+    start = length = 0
+    pieces: list[tuple[int, int, int]] = []
+    for pa, off, n in extents:
+        while n > 0:
+            if pieces and (off != start + length or limit - length < 0x1000):
+                yield start, length, pieces
+                pieces = []
+            if not pieces:
+                start, length = off, 0
+            take = min(n, (limit - length) & ~0xFFF)  # cut on a page boundary
+            pieces.append((pa, length, take))
+            length += take
+            pa, off, n = pa + take, off + take, n - take
+    if pieces:
+        yield start, length, pieces

@@ -10,9 +10,8 @@ itself (Windows' self-map entry) and KUSER_SHARED_DATA. Every failed attempt is 
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from construct import Container
@@ -234,15 +233,11 @@ class _KernelSearch:
     def _scan_for_pml4(self) -> Iterator[int]:
         """Pages whose kernel half holds an entry pointing back at the page itself (Windows' self-map).
 
-        Reads the file in file order, PML4_SCAN_CHUNK bytes at a time, grouping the segments that lie
-        back to back in the file (a bitmap dump's one-page runs), and skips holes of a sparse file with
-        one SEEK_DATA per chunk: work and memory bounded by the input's size, not by its number of runs.
+        Reads the source's scan windows (PhysicalSource.scan_windows: file order, PML4_SCAN_CHUNK bytes at a
+        time, holes skipped; a monitor-backed source fetches them): work and memory bounded by the input's
+        size, not by its number of runs.
         """
-        src = self.source
-        for span_off, span_len, pieces in _file_spans(src.extents(), PML4_SCAN_CHUNK):
-            if next(src.data_extents(span_off, span_len), None) is None:
-                continue  # a hole: zero pages map nothing
-            data = os.pread(src.fileno, span_len, span_off)
+        for data, pieces in self.source.scan_windows(PML4_SCAN_CHUNK):
             for pa, rel, n in pieces:
                 for p in range(rel, min(rel + n, len(data)) - 0xFFF, 0x1000):
                     if self._is_self_mapped(data, p, pa + p - rel):
@@ -267,24 +262,3 @@ def _input_kind(source: PhysicalSource) -> str:
     if source.dump_header is not None:
         return source.dump_header.kind
     return "raw image" if source.kind == "raw" else source.kind
-
-
-def _file_spans(extents: Iterable[tuple[int, int, int]], limit: int
-                ) -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
-    """Group (paddr, file offset, bytes) extents that follow each other in the file into spans of at most
-    ``limit`` bytes (a longer extent is cut): (span file offset, span bytes, [(paddr, offset in span, bytes)])."""
-    start = length = 0
-    pieces: list[tuple[int, int, int]] = []
-    for pa, off, n in extents:
-        while n > 0:
-            if pieces and (off != start + length or limit - length < 0x1000):
-                yield start, length, pieces
-                pieces = []
-            if not pieces:
-                start, length = off, 0
-            take = min(n, (limit - length) & ~0xFFF)  # cut on a page boundary
-            pieces.append((pa, length, take))
-            length += take
-            pa, off, n = pa + take, off + take, n - take
-    if pieces:
-        yield start, length, pieces
