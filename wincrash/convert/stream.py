@@ -129,7 +129,7 @@ async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | No
     with atomic_output(out, force) as fh, contextlib.ExitStack() as stack:
         tee = stack.enter_context(atomic_output(elf, force)) if elf else None
         staging = stack.enter_context(scratch_file(out.parent, 0)) if fmt == "kernel" else fh
-        sink = DmpStreamSink(staging, layout, tee)
+        sink = DmpStreamSink(staging, layout, tee, writeback=fmt != "kernel")
         with byte_progress("dump -> DMP (guest paused)", ram, show_progress) as advance:
             last = 0
 

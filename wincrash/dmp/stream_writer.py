@@ -94,11 +94,14 @@ class DmpStreamSink:
     """The dump stream's consumer: ``write(bytes)`` (from the pipe-reading thread) places pages in ``out``.
 
     ``tee`` (the --keep-elf file) gets every byte as received. ``received`` counts stream bytes.
+    ``writeback``: start writing placed pages to disk at once (an output); False for a scratch file
+    that is read back and dropped (the kernel format's staging), which need not reach the disk.
     OSError (a full disk) propagates to the caller of write().
     """
 
-    def __init__(self, out: BinaryIO, layout: StreamLayout, tee: BinaryIO | None = None) -> None:
-        self.out, self.layout, self.tee = out, layout, tee
+    def __init__(self, out: BinaryIO, layout: StreamLayout, tee: BinaryIO | None = None,
+                 writeback: bool = True) -> None:
+        self.out, self.layout, self.tee, self.writeback = out, layout, tee, writeback
         self.fd = out.fileno()
         self.elf = ElfStream()
         self.received = 0
@@ -134,22 +137,23 @@ class DmpStreamSink:
             else:
                 offset, left = where
                 n = min(len(pages), left * PAGE_SIZE)
-                _write_nonzero(self.fd, pages[:n], offset)
+                _write_nonzero(self.fd, pages[:n], offset, self.writeback)
                 self._add_segment(pa, n, offset)
             pa += n
             pages = pages[n:]
 
 
-def _write_nonzero(fd: int, data: memoryview, offset: int) -> None:
-    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes. The
-    writeback of what was written starts at once (dmp/pagecopy.py start_writeback), so the fsync before
-    the rename finds little left."""
+def _write_nonzero(fd: int, data: memoryview, offset: int, writeback: bool = True) -> None:
+    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes. With
+    ``writeback`` the writeback of what was written starts at once (dmp/pagecopy.py start_writeback), so
+    the fsync before the rename finds little left."""
     for start, end in nonzero_spans(data, 0):
         at, view = offset + start, data[start:end]
         while len(view):
             n = os.pwrite(fd, view, at)
             at, view = at + n, view[n:]
-    start_writeback(fd, offset, len(data))
+    if writeback:
+        start_writeback(fd, offset, len(data))
 
 
 @dataclass(frozen=True)
