@@ -7,7 +7,8 @@ Not a test: numbers for the issue note. Runs real qemu-system-x86_64 (TCG) guest
 - the synthetic Windows guest: `wincrash capture --crash` end to end against doing the same by hand
   (`wincrash nmi --wait`, `wincrash dump`, `wincrash convert`).
 
-- with --stream-only: `capture` (full: MEMORY.DMP streamed; kernel: not streamed, ELF + convert) against a
+- with --stream-only: `capture` (full: MEMORY.DMP streamed; kernel: streamed into an unnamed scratch file as
+  a complete bitmap DMP, then cut; the scratch file is counted through /proc/PID/fd) against a
   bare `dump` of the same running synthetic Windows guest (2 and 4 GiB, free RAM filled with random data
   so the dump is dense): wall time, guest paused time, peak new disk space (files in the output folder,
   sampled every 20 ms), peak RSS, alternated rounds, best of each.
@@ -90,12 +91,15 @@ def bench_capture(work: Path, mib: int) -> dict:
     return {"guest_mib": mib, **{k: min(v) for k, v in results.items()}}
 
 
-def measured(*args: object) -> tuple[float, dict, int]:
+def measured(*args: object, sampler: DiskSampler | None = None) -> tuple[float, dict, int]:
     """(wall seconds, --json result, peak RSS in KiB) of one wincrash run: os.wait4's rusage of that child alone
-    (RUSAGE_CHILDREN would also count every QEMU reaped before it)."""
+    (RUSAGE_CHILDREN would also count every QEMU reaped before it). ``sampler`` also watches the child's
+    unnamed (O_TMPFILE) files."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-m", "wincrash", *map(str, args)], cwd=REPO, stdout=out, stderr=err)
+        if sampler is not None:
+            sampler.pid = proc.pid
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         took = time.monotonic() - t0
@@ -107,20 +111,41 @@ def measured(*args: object) -> tuple[float, dict, int]:
 
 
 class DiskSampler(threading.Thread):
-    """Peak bytes allocated (st_blocks) by all files in a directory, hidden partial files included, sampled
+    """Peak bytes allocated (st_blocks) by all files in a directory, hidden partial files included, and by the
+    unnamed (O_TMPFILE) files there that process ``pid`` holds open (found through /proc/PID/fd), sampled
     every 20 ms: the new disk space a command needs at its worst moment."""
 
     def __init__(self, directory: Path) -> None:
         super().__init__(daemon=True)
         self.directory, self.peak, self.stop = directory, 0, threading.Event()
+        self.pid: int | None = None
         self.start()
+
+    def _unnamed(self, seen: set[tuple[int, int]]) -> int:
+        total = 0
+        fds = f"/proc/{self.pid}/fd"
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(fds):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(entry.path)
+                    if target.startswith(f"{self.directory}/") and target.endswith(" (deleted)"):
+                        st = os.stat(entry.path)
+                        if (st.st_dev, st.st_ino) not in seen:
+                            seen.add((st.st_dev, st.st_ino))
+                            total += st.st_blocks * 512
+        return total
 
     def run(self) -> None:
         while not self.stop.is_set():
             total = 0
+            seen: set[tuple[int, int]] = set()
             for entry in os.scandir(self.directory):
                 with contextlib.suppress(OSError):  # renamed or removed between listing and stat
-                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    st = entry.stat(follow_symlinks=False)
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+            if self.pid is not None:
+                total += self._unnamed(seen)
             self.peak = max(self.peak, total)
             self.stop.wait(0.02)
 
@@ -170,7 +195,7 @@ WINDOWS_MAX_MIB = 2048
 
 
 def bench_stream(work: Path, mib: int, rounds: int = 2, fill: float = 1.0) -> list[dict]:
-    """Bare `dump` against `capture` (full: streamed; kernel: ELF + convert, not streamed) of the same running
+    """Bare `dump` against `capture` (full: streamed; kernel: staged and cut, streamed too) of the same running
     synthetic Windows guest with ``fill`` of its free RAM random, alternated ``rounds`` times; best round each."""
     rows: dict[str, list[dict]] = {}
     # The test guest's pc machine maps RAM above 3 GiB at 4 GiB and up, where the synthetic Windows does not
@@ -187,7 +212,7 @@ def bench_stream(work: Path, mib: int, rounds: int = 2, fill: float = 1.0) -> li
                 os.sync()
                 out = out_dir / ("bare.elf" if mode == "dump" else "MEMORY.DMP")
                 sampler = DiskSampler(out_dir)
-                took, res, rss = measured(*args, guest.qmp_path, "-o", out, "--json", "--force")
+                took, res, rss = measured(*args, guest.qmp_path, "-o", out, "--json", "--force", sampler=sampler)
                 peak = sampler.finish()
                 dump = res if mode == "dump" else res["dump"]
                 rows.setdefault(mode, []).append({

@@ -112,7 +112,7 @@ def run_capture(vm: str, connect: str | None = None, out: Path | None = None, cr
                 show_progress: bool | None = None) -> CaptureResult:
     """`wincrash capture VM`: [NMI and wait ``wait`` seconds for the panic,] ELF dump, convert to ``out``.
 
-    ``out`` defaults to ./MEMORY.DMP; ``fmt`` is the DMP format (full or bitmap); the ELF goes next to
+    ``out`` defaults to ./MEMORY.DMP; ``fmt`` is the DMP format (full, bitmap or kernel); the ELF goes next to
     ``out`` (``out`` with .elf when ``keep_elf``, else a hidden temporary name removed at the end).
 
     :raises WincrashError: ``wait`` not positive; no panic after the NMI (exit 1); Ctrl-C (exit 130);

@@ -9,6 +9,8 @@ so the guest is paused exactly as long as a bare dump pauses it. Only the runs (
 MmPhysicalMemoryBlock, stable while it runs) come from that first look; everything in the DMP comes
 from the stream, so it equals `dump` + `convert` of the same moment. New disk space: the DMP
 (about the guest RAM; zero pages are holes) plus the few MiB of RAM outside Windows' runs until the end.
+A kernel dump is staged the same way (complete bitmap layout) in an unnamed scratch file next to the
+output, then cut from it: peak disk the staged data plus the kernel dump, the scratch gone at the end.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import BinaryIO
 
 from wincrash.convert.pipeline import ConversionResult, input_warnings
 from wincrash.dmp.plan import DumpPlan, plan_dump
-from wincrash.dmp.stream_writer import DmpStreamSink, finish_stream, stream_layout
+from wincrash.dmp.stream_writer import DmpStreamSink, StreamedDump, finish_kernel, finish_stream, stream_layout
+from wincrash.dmp.verify import verify_written
 from wincrash.dmp.writer import WriteResult, write_dump
 from wincrash.errors import WincrashError
 from wincrash.formats.qemu_registers import parse_info_registers
 from wincrash.memory.fetched_source import FetchedSource
+from wincrash.memory.scratch import scratch_file
 from wincrash.memory.source import PhysicalSource
 from wincrash.output import atomic_output, check_free_space, replacement
 from wincrash.progress import byte_progress
@@ -96,10 +100,23 @@ def _replacing(fh: BinaryIO, out: Path, fmt: str, advance: Callable[[int], None]
     return rewrite
 
 
+def _cut_kernel(sink: DmpStreamSink, out: Path, fh: BinaryIO) -> StreamedDump:
+    """finish_kernel into ``fh`` (``out``'s atomic output), then verify_written, as convert does with a kernel
+    plan (convert/pipeline.py _write). The kernel dump is a fraction of the RAM the free-space check before
+    the stream counted; a disk that fills anyway fails the write (atomic_output: one line, nothing kept)."""
+    done = finish_kernel(sink, out, fh, lambda _n: None)
+    pages = done.plan.kernel_pages
+    verify_written(fh, "kernel", done.plan.header.runs, pages.kept if pages is not None else None)
+    return done
+
+
 async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | None, force: bool,
                          show_progress: bool, runs: tuple[tuple[int, int], ...]
                          ) -> tuple[DumpResult, ConversionResult]:
     """Stream ``conn``'s dump into ``out`` (a ``fmt`` DMP laid out by ``runs``), teeing it into ``elf`` when given.
+
+    A kernel dump is staged as a complete bitmap DMP in an unnamed scratch file next to ``out`` (gone when
+    the process ends, however it ends) and cut from it (finish_kernel) once the stream has ended.
 
     :raises WincrashError: every error of the dump (VmError), of writing (a full disk), of finding Windows
         in the streamed memory; nothing is left behind and the guest resumes.
@@ -111,7 +128,8 @@ async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | No
     started = time.monotonic()
     with atomic_output(out, force) as fh, contextlib.ExitStack() as stack:
         tee = stack.enter_context(atomic_output(elf, force)) if elf else None
-        sink = DmpStreamSink(fh, layout, tee)
+        staging = stack.enter_context(scratch_file(out.parent, 0)) if fmt == "kernel" else fh
+        sink = DmpStreamSink(staging, layout, tee, writeback=fmt != "kernel")
         with byte_progress("dump -> DMP (guest paused)", ram, show_progress) as advance:
             last = 0
 
@@ -122,8 +140,11 @@ async def stream_capture(conn: VmConnection, out: Path, fmt: str, elf: Path | No
             size, paused = await conn.stream_dump(sink, progress)
         seconds = time.monotonic() - started
         t0 = time.monotonic()
-        rewrite = _replacing(fh, out, fmt, lambda _n: None)
-        done = await asyncio.to_thread(finish_stream, sink, out, fmt, rewrite, lambda _n: None)
+        if fmt == "kernel":
+            done = await asyncio.to_thread(_cut_kernel, sink, out, fh)
+        else:
+            rewrite = _replacing(fh, out, fmt, lambda _n: None)
+            done = await asyncio.to_thread(finish_stream, sink, out, fmt, rewrite, lambda _n: None)
         seconds_writing = time.monotonic() - t0
     after = await conn.status()
     dumped = DumpResult(path=out, format="elf (streamed)", size=size, guest_ram=ram, seconds=seconds,

@@ -11,6 +11,11 @@ DMP's pages plus those kept, with the stream's vCPU notes), and the plan's heade
 written by dmp/writer.py itself over a source that holds only the patched pages: the result is what
 convert makes of the same ELF. When that plan's runs differ from the layout (guessed wrong), the DMP
 is rewritten from those bytes by write_dump (one more copy; never happens when the runs are stable).
+
+A kernel dump ('SDMP') keeps only the pages the kernel's page tables reach, which are known only once
+memory is there: its stream is staged as a complete bitmap layout in a scratch file (zero pages holes),
+and finish_kernel cuts the kernel dump from those bytes, found and planned exactly as convert would
+from the ELF, so the result equals `dump` + `convert --format kernel` of the same moment.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from wincrash.windows.facts import WindowsFacts
 from wincrash.windows.locate import locate_windows
 
 # A complete bitmap DMP ('FDMP', dmp/bitmap_writer.py) marks every page of the runs present, so its layout is
-# known before the pages arrive; a kernel dump ('SDMP') needs the page tables first and is not streamed.
-STREAM_FORMATS = ("full", "bitmap")
+# known before the pages arrive; a kernel dump ('SDMP') needs the page tables first: its stream is staged in
+# the complete bitmap layout (a scratch file) and cut afterwards (finish_kernel).
+STREAM_FORMATS = ("full", "bitmap", "kernel")
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,14 @@ class StreamLayout:
 
 
 def stream_layout(runs: Sequence[tuple[int, int]], fmt: str) -> StreamLayout:
-    """The layout of a ``fmt`` DMP of ``runs`` (the plan's header runs). ValueError for another format."""
+    """The layout of a ``fmt`` DMP of ``runs`` (the plan's header runs); "kernel" stages the stream in the
+    complete bitmap layout. ValueError for another format."""
     pages = sum(c for _, c in runs)
     if fmt == "full":
         return StreamLayout(fmt, tuple(runs), DUMP_HEADER64_SIZE, DUMP_HEADER64_SIZE + pages * PAGE_SIZE)
-    if fmt == "bitmap":
+    if fmt in ("bitmap", "kernel"):
         first = bitmap_layout(list(runs), 0)[1]
-        return StreamLayout(fmt, tuple(sorted(runs)), first, first + pages * PAGE_SIZE)
+        return StreamLayout("bitmap", tuple(sorted(runs)), first, first + pages * PAGE_SIZE)
     raise ValueError(f"a {fmt!r} dump cannot be streamed: use {' or '.join(STREAM_FORMATS)}")
 
 
@@ -87,11 +94,14 @@ class DmpStreamSink:
     """The dump stream's consumer: ``write(bytes)`` (from the pipe-reading thread) places pages in ``out``.
 
     ``tee`` (the --keep-elf file) gets every byte as received. ``received`` counts stream bytes.
+    ``writeback``: start writing placed pages to disk at once (an output); False for a scratch file
+    that is read back and dropped (the kernel format's staging), which need not reach the disk.
     OSError (a full disk) propagates to the caller of write().
     """
 
-    def __init__(self, out: BinaryIO, layout: StreamLayout, tee: BinaryIO | None = None) -> None:
-        self.out, self.layout, self.tee = out, layout, tee
+    def __init__(self, out: BinaryIO, layout: StreamLayout, tee: BinaryIO | None = None,
+                 writeback: bool = True) -> None:
+        self.out, self.layout, self.tee, self.writeback = out, layout, tee, writeback
         self.fd = out.fileno()
         self.elf = ElfStream()
         self.received = 0
@@ -127,22 +137,23 @@ class DmpStreamSink:
             else:
                 offset, left = where
                 n = min(len(pages), left * PAGE_SIZE)
-                _write_nonzero(self.fd, pages[:n], offset)
+                _write_nonzero(self.fd, pages[:n], offset, self.writeback)
                 self._add_segment(pa, n, offset)
             pa += n
             pages = pages[n:]
 
 
-def _write_nonzero(fd: int, data: memoryview, offset: int) -> None:
-    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes. The
-    writeback of what was written starts at once (dmp/pagecopy.py start_writeback), so the fsync before
-    the rename finds little left."""
+def _write_nonzero(fd: int, data: memoryview, offset: int, writeback: bool = True) -> None:
+    """Write the pages of ``data`` that are not all zero at ``offset`` onward; zero pages stay holes. With
+    ``writeback`` the writeback of what was written starts at once (dmp/pagecopy.py start_writeback), so
+    the fsync before the rename finds little left."""
     for start, end in nonzero_spans(data, 0):
         at, view = offset + start, data[start:end]
         while len(view):
             n = os.pwrite(fd, view, at)
             at, view = at + n, view[n:]
-    start_writeback(fd, offset, len(data))
+    if writeback:
+        start_writeback(fd, offset, len(data))
 
 
 @dataclass(frozen=True)
@@ -198,4 +209,20 @@ def finish_stream(sink: DmpStreamSink, path: os.PathLike[str] | str, fmt: str,
     patch_source = PhysicalSource(source.path, source.fh, "qemu-elf", patched, [], source.machine)
     sink.out.seek(0)
     written = write_dump(patch_source, plan, fmt, sink.out, advance)
+    return StreamedDump(facts, plan, written, source, False)
+
+
+def finish_kernel(sink: DmpStreamSink, path: os.PathLike[str] | str, out: BinaryIO,
+                  advance: Callable[[int], None]) -> StreamedDump:
+    """Cut a kernel dump ('SDMP') into ``out`` from what ``sink`` staged (any layout: every streamed page is
+    in its file): Windows found and the kernel's pages selected (plan_dump fmt="kernel") in exactly the
+    bytes convert reads from the ELF, then dmp/bitmap_writer.py write_kernel. ``sink``'s file is only read;
+    ``advance(n)`` gets the bytes of pages written.
+
+    :raises WincrashError: no Windows in the streamed memory, or a stream that ended early.
+    """
+    source = streamed_source(sink, path)
+    facts = locate_windows(source)
+    plan = plan_dump(facts, source, "kernel")
+    written = write_dump(source, plan, "kernel", out, advance)
     return StreamedDump(facts, plan, written, source, False)

@@ -150,8 +150,8 @@ def check_vmcoreinfo(facts: VmFacts) -> Check:
 
 def check_free_space(facts: VmFacts, dump_dir: Path) -> Check:
     """Free space in ``dump_dir`` for `capture`: about the guest RAM when capture streams MEMORY.DMP from the
-    dump (``facts.not_streamed`` is None: full and bitmap formats), else twice (the ELF, then MEMORY.DMP
-    side by side; also what `--keep-elf` and `--format kernel` need)."""
+    dump (``facts.not_streamed`` is None: full, bitmap and kernel formats), else twice (the ELF, then MEMORY.DMP
+    side by side; also what `--keep-elf` needs)."""
     name = "vm.free-space"
     try:
         free = shutil.disk_usage(dump_dir).free
@@ -175,7 +175,7 @@ def check_free_space(facts: VmFacts, dump_dir: Path) -> Check:
         return warn(name, f"{where}: the ELF fits but not the ELF and MEMORY.DMP together (capture cannot stream "
                     f"here: {facts.not_streamed})", fix, **details)
     if streams:
-        return ok(name, f"{where}: capture streams MEMORY.DMP (no ELF); --keep-elf or --format kernel need "
+        return ok(name, f"{where}: capture streams MEMORY.DMP (no ELF); --keep-elf needs "
                   f"{(2 * facts.ram + DUMP_MARGIN) / mib:,.0f} MiB", **details)
     return ok(name, where, **details)
 

@@ -34,6 +34,21 @@ def test_stream_equals_dump_then_convert_of_the_paused_guest(make_guest, tmp_pat
     assert guest.status() == "paused"  # capture leaves a stopped guest stopped
 
 
+def test_kernel_stream_equals_dump_then_convert_kernel(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
+    """--format kernel: staged as a complete bitmap DMP in an unnamed scratch file, cut afterwards; the result
+    equals `dump` + `convert --format kernel` byte for byte and no other file is left."""
+    memory = synth_memory(build=19041, cpus=2, ram_mib=256, seed=3)
+    guest = make_guest(memory=memory, ram_mib=256)
+    guest.qmp("stop")
+    result = _capture_equals_convert(guest, tmp_path, "--format", "kernel")
+    conversion = result["conversion"]
+    assert conversion["format"] == "kernel" and conversion["windows"]["build"] == 19041
+    assert 0 < conversion["pages_written"] < conversion["pages_in_runs"], conversion
+    assert (tmp_path / "s.dmp").read_bytes()[0x2000:0x2004] == b"SDMP"  # the kernel bitmap summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dmp", "s.dmp", "v.elf"]  # no scratch, no ELF
+    assert guest.status() == "paused"
+
+
 def test_stream_of_a_guest_whose_vcpus_never_ran(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
     """RAM from a generated guest's image, QEMU started with -S: the vCPU notes are reset-state, so Windows
     is found by scanning memory (through the monitor first, then in the stream)."""
@@ -58,14 +73,16 @@ def test_stream_of_a_running_guest_keeps_elf_and_resumes(make_guest, tmp_path: P
     assert out.read_bytes() == (tmp_path / "c.dmp").read_bytes()
 
 
-def test_qemu_dying_mid_stream_leaves_nothing(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("fmt", ["full", "kernel"])
+def test_qemu_dying_mid_stream_leaves_nothing(make_guest, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
     import subprocess
     import sys
     import time
 
     guest = make_guest(memory=synth_memory(cpus=1, ram_mib=1024, seed=6), ram_mib=1024)
     proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", str(guest.qmp_path), "-o",
-                             str(tmp_path / "M.DMP")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "M.DMP"), "--format", fmt], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while guest.qmp("query-dump")["status"] != "active":  # type: ignore[index]  # the stream has begun
         assert time.monotonic() < deadline and proc.poll() is None
@@ -76,13 +93,14 @@ def test_qemu_dying_mid_stream_leaves_nothing(make_guest, tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def _start_capture(guest, out: Path, preexec=None):  # noqa: ANN001, ANN202
+def _start_capture(guest, out: Path, preexec=None, fmt: str = "full"):  # noqa: ANN001, ANN202
     """A `wincrash capture` child streaming ``guest`` into ``out``, returned once QEMU's dump is active."""
     import subprocess
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", str(guest.qmp_path), "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "wincrash", "capture", str(guest.qmp_path), "-o", str(out),
+                             "--format", fmt],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
     deadline = time.monotonic() + 60
     while guest.qmp("query-dump")["status"] != "active":  # type: ignore[index]  # the stream has begun
@@ -100,12 +118,13 @@ def _wait_running(guest, seconds: float = 30) -> str:  # noqa: ANN001
     return guest.status()
 
 
-def test_ctrl_c_mid_stream_leaves_nothing_and_resumes(make_guest, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("fmt", ["full", "kernel"])
+def test_ctrl_c_mid_stream_leaves_nothing_and_resumes(make_guest, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
     import signal
 
     guest = make_guest(memory=synth_memory(cpus=1, ram_mib=1024, seed=7), ram_mib=1024)
     assert guest.status() == "running"
-    proc = _start_capture(guest, tmp_path / "M.DMP")
+    proc = _start_capture(guest, tmp_path / "M.DMP", fmt=fmt)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "cancelled" in err and "Traceback" not in err, err
