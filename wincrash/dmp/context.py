@@ -40,3 +40,18 @@ def context_from_note(cpu: Container) -> bytes:
     ctx.FltSave.MxCsr_Mask = 0xFFFF
     ctx.FltSave.ControlWord = FPU_CONTROL_DEFAULT
     return CONTEXT_AMD64_STRUCT.build(ctx)
+
+
+def context_problem(raw: bytes) -> str | None:
+    """Why a 0x4D0-byte AMD64 CONTEXT is not one Windows could have written, or None when it could be.
+
+    The checks `info` applies to a header context (wincrash.describe.context): SegCs a Windows code selector
+    (0x10 kernel, 0x33 user, 0x23 WOW64 user: KGDT64_* in the public ntddk/winnt headers), and with
+    CONTEXT_FLOATING_POINT set, MxCsr mirrored in FltSave.MxCsr (WinDbg compares them).
+    """
+    ctx = CONTEXT_AMD64_STRUCT.parse(raw[:CONTEXT_AMD64_SIZE].ljust(CONTEXT_AMD64_SIZE, b"\0"))
+    if ctx.SegCs not in (0x10, 0x33, 0x23):
+        return f"CS 0x{ctx.SegCs:x} is not a Windows code selector"
+    if ctx.ContextFlags & CONTEXT_FLOATING_POINT == CONTEXT_FLOATING_POINT and ctx.MxCsr != ctx.FltSave.MxCsr:
+        return f"MxCsr 0x{ctx.MxCsr:x} differs from FltSave.MxCsr 0x{ctx.FltSave.MxCsr:x}"
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from wincrash import __version__
-from wincrash.dmp.context import context_from_note
+from wincrash.dmp.context import context_from_note, context_problem
 from wincrash.dmp.header import HeaderFields
 from wincrash.errors import WincrashError
 from wincrash.formats.context import CONTEXT_AMD64, CONTEXT_AMD64_SIZE, CONTEXT_AMD64_STRUCT, MXCSR_DEFAULT
@@ -89,7 +89,8 @@ def va_patch(space: AddressSpace, va: int, data: bytes) -> list[Patch] | None:
 
 def saved_context(space: AddressSpace, va: int | None) -> bytes | None:
     """The 0x4D0-byte CONTEXT Windows saved at ``va`` (KPRCB.ProcessorState.ContextFrame), when it looks
-    like a kernel context (CONTEXT_AMD64 flag, CS 0x10, RIP in the kernel half); None otherwise."""
+    like a kernel context (CONTEXT_AMD64 flag, CS 0x10, RIP in the kernel half, MxCsr mirrored: context_problem);
+    None otherwise."""
     if not va:
         return None
     raw = space.read(va, CONTEXT_AMD64_SIZE)
@@ -98,7 +99,7 @@ def saved_context(space: AddressSpace, va: int | None) -> bytes | None:
     ctx = CONTEXT_AMD64_STRUCT.parse(raw)
     if not ctx.ContextFlags & CONTEXT_AMD64 or ctx.SegCs != KERNEL_CODE_SELECTOR or ctx.Rip < KERNEL_SPACE:
         return None
-    return raw
+    return None if context_problem(raw) else raw
 
 
 def processor_contexts(facts: WindowsFacts, source: PhysicalSource
@@ -159,15 +160,20 @@ def choose_header_context(contexts: Mapping[int, bytes], source: PhysicalSource)
     note in long mode with a Windows code selector, else selector_only_context() with a warning.
     """
     header = source.dump_header
+    kept_warning = None
     if header is not None and header.context is not None and header.context_rip:
-        return header.context, None
+        problem = context_problem(header.context)
+        if problem is None:
+            return header.context, None
+        kept_warning = f"the input dump's header context is not a Windows context ({problem}): not kept"
     if contexts:
-        return contexts.get(0) or contexts[min(contexts)], None
+        return contexts.get(0) or contexts[min(contexts)], kept_warning
     for note in source.cpus:
         if cpu_mode(note) == "long" and note.cs.selector & 0xFFFF in WINDOWS_CODE_SELECTORS:
-            return context_from_note(note), None
-    return selector_only_context(), ("no processor's registers are known (no vCPU note in long mode, no saved "
-                                     "KPRCB context): the header context holds only kernel selectors")
+            return context_from_note(note), kept_warning
+    return selector_only_context(), "; ".join(filter(None, (
+        kept_warning, "no processor's registers are known (no vCPU note in long mode, no saved KPRCB context): the "
+                      "header context holds only kernel selectors")))
 
 
 def plan_dump(facts: WindowsFacts, source: PhysicalSource, fmt: str = "full") -> DumpPlan:

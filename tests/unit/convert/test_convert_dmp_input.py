@@ -70,6 +70,26 @@ def test_dmp_input_keeps_its_crash_context(dumps, fmt):
     assert "KdDebuggerDataBlock" in methods["kdbg"]
 
 
+@pytest.mark.parametrize(("field", "value"), [(0x38, 0x2E), (0x34, 0x1F25)])  # SegCs, MxCsr (FltSave keeps 0x1F80)
+def test_dmp_input_with_a_damaged_header_context_is_not_kept(dumps, tmp_path, field, value):
+    """The CI fuzz run found it: a DMP whose header ContextRecord holds a bad CS or an MxCsr that differs from
+    FltSave.MxCsr was copied as is, and the written dump then failed its own `info` check."""
+    _guest, tmp = dumps
+    src = tmp_path / "bad.dmp"
+    subprocess.run(["cp", "--sparse=always", tmp / "g-full.dmp", src], check=True)
+    with open(src, "r+b") as fh:
+        fh.seek(CONTEXT + field)
+        fh.write(struct.pack("<H" if field == 0x38 else "<I", value))
+    out = tmp_path / "re.dmp"
+    proc = run_wincrash("convert", src, "-o", out, "--format", "bitmap")
+    assert proc.returncode == 0, proc.stderr
+    assert "header context is not a Windows context" in proc.stderr
+    written = header(out)["context"]
+    assert struct.unpack_from("<H", written, 0x38)[0] in (0x10, 0x33)
+    assert struct.unpack_from("<I", written, 0x34)[0] == struct.unpack_from("<I", written, 0x100 + 0x18)[0]
+    assert run_wincrash("info", out).returncode == 0
+
+
 @pytest.mark.parametrize("fmt", ["full", "bitmap"])
 def test_kernel_dump_input_refuses_complete_output(dumps, fmt):
     _, tmp = dumps
