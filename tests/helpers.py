@@ -103,3 +103,21 @@ def sparse_copy(src: Path, dst: Path, length: int | None = None) -> None:
                 fout.write(chunk)
                 start += len(chunk)
             pos = end
+
+
+def dmp_header64(runs, **overrides) -> bytes:  # noqa: ANN001 - runs: [(base page, page count)]
+    """A DUMP_HEADER64 (0x2000 bytes) written by wincrash's own header builder for ``runs``; ``overrides``
+    replace HeaderFields values (build 19041, bugcheck 0x80, one processor, a zero context by default)."""
+    from wincrash.dmp.header import HeaderFields, build_header64
+    from wincrash.formats.context import CONTEXT_AMD64_SIZE
+
+    base = dict(build=19041, directory_table_base=0x1AD000, pfn_database=0, ps_loaded_module_list=0,
+                ps_active_process_head=0, kd_debugger_data_block=0, number_processors=1, bugcheck_code=0x80,
+                bugcheck_parameters=(0, 0, 0, 0), runs=runs, context=bytes(CONTEXT_AMD64_SIZE))
+    base.update(overrides)
+    return build_header64(HeaderFields(**base))
+
+
+def pfn_page(pfn: int) -> bytes:
+    """A 4 KiB page holding its own page number (u64, repeated): a misplaced page shows."""
+    return pfn.to_bytes(8, "little") * (0x1000 // 8)

@@ -8,30 +8,22 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_SAMPLES, run_wincrash, sample_file
+from helpers import SHARED_SAMPLES, dmp_header64, pfn_page, run_wincrash, sample_file
 
 from wincrash.dmp import pagemap
-from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.dmp.header import build_bitmap_summary
 from wincrash.dmp.pagemap import page_map
 from wincrash.dmp.reader import dump_extent, read_dmp
 from wincrash.errors import WincrashError
-from wincrash.formats.context import CONTEXT_AMD64_SIZE
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, DUMP_TYPE_TRIAGE, PAGE_SIZE
 
 ROBUSTNESS = SHARED_SAMPLES / "cases" / "robustness"
 
 
-def header(runs, **overrides) -> bytes:
-    base = dict(build=19041, directory_table_base=0x1AD000, pfn_database=0, ps_loaded_module_list=0,
-                ps_active_process_head=0, kd_debugger_data_block=0, number_processors=1, bugcheck_code=0x80,
-                bugcheck_parameters=(0, 0, 0, 0), runs=runs, context=bytes(CONTEXT_AMD64_SIZE))
-    base.update(overrides)
-    return build_header64(HeaderFields(**base))
+header = dmp_header64
 
 
-def marker(pfn: int) -> bytes:
-    """What page ``pfn`` holds in the dumps these tests build: its own number, so a misplaced page shows."""
-    return pfn.to_bytes(8, "little") * (PAGE_SIZE // 8)
+marker = pfn_page
 
 
 def write_full(path: Path, runs, cut_bytes: int = 0) -> None:

@@ -7,11 +7,10 @@ import os
 import stat
 
 import pytest
-from helpers import SHARED_SAMPLES, run_wincrash
+from helpers import SHARED_SAMPLES, dmp_header64, pfn_page, run_wincrash
 
-from wincrash.dmp.header import HeaderFields, build_bitmap_summary, build_header64
+from wincrash.dmp.header import build_bitmap_summary
 from wincrash.errors import WincrashError
-from wincrash.formats.context import CONTEXT_AMD64_SIZE
 from wincrash.formats.dump import DUMP_HEADER64_SIZE, DUMP_TYPE_BITMAP, PAGE_SIZE
 from wincrash.memory.dmp import Dmp
 from wincrash.memory.qemu_elf import QemuElf
@@ -23,16 +22,10 @@ from wincrash.memory.source import FORMATS, detect_format, open_source
 SAVEVM_CASE = SHARED_SAMPLES / "cases" / "robustness" / "savevm-convert-01-byteflip-internal-error" / "input.xz"
 
 
-def header(runs, **overrides) -> bytes:
-    base = dict(build=19041, directory_table_base=0x1AD000, pfn_database=0, ps_loaded_module_list=0,
-                ps_active_process_head=0, kd_debugger_data_block=0, number_processors=1, bugcheck_code=0x80,
-                bugcheck_parameters=(0, 0, 0, 0), runs=runs, context=bytes(CONTEXT_AMD64_SIZE))
-    base.update(overrides)
-    return build_header64(HeaderFields(**base))
+header = dmp_header64
 
 
-def page(pfn: int) -> bytes:
-    return pfn.to_bytes(8, "little") * (PAGE_SIZE // 8)
+page = pfn_page
 
 
 @pytest.mark.parametrize("head,fmt", [
