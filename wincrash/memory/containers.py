@@ -137,20 +137,17 @@ def _open_libvirt_save(path: Path, fh: BinaryIO, size: int, head: bytes, scratch
 
 def _open_qevm_at(path: Path, fh: BinaryIO, start: int) -> PhysicalSource:
     """The QEMU migration stream that starts at byte ``start`` (after libvirt's header and XML)."""
-    from volatility3.framework.layers.qemu import QemuSuspendLayer
-
-    from wincrash.memory.vol3 import layer_mappings, plain_segments
+    from wincrash.memory.savevm import savevm_segments
 
     if os.pread(fh.fileno(), 4, start) != b"QEVM":
         fh.close()
         raise WincrashError(f"{path}: libvirt save image whose memory stream does not start with 'QEVM'")
     try:
-        segments, other = plain_segments(layer_mappings(path, QemuSuspendLayer, start))
+        segments, nonzero = savevm_segments(path, fh, start)
     except WincrashError:
         fh.close()
         raise
     source = _source(path, fh, "qemu-savevm", segments, [], 0x8664)  # type: ignore[arg-type]
-    nonzero = sum(n // 0x1000 for off, n in other if os.pread(fh.fileno(), 1, off) != b"\0")
     if nonzero:
         source.notes.append(f"{nonzero} pages stored with a non-zero fill byte read as zeros")
     return source

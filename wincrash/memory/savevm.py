@@ -13,46 +13,28 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from wincrash.errors import WincrashError
 from wincrash.formats.dump import MachineType
-from wincrash.memory.segments import MemoryMap, PackedSegments, Segment, segment_starts
+from wincrash.memory.segments import MemoryMap, PackedSegments, segment_starts
+from wincrash.memory.vol3 import layer_mappings, plain_segments
 
 __all__ = ["PackedSegments", "QemuSavevm", "savevm_segments", "segment_starts"]
 
 PAGE = 0x1000
 
 
-def savevm_segments(path: Path, fh: BinaryIO) -> tuple[PackedSegments, int]:
-    """(segments, number of pages QEMU sent with a non-zero fill byte) of a QEVM stream.
+def savevm_segments(path: Path, fh: BinaryIO, start: int = 0) -> tuple[PackedSegments, int]:
+    """(segments, number of pages QEMU sent with a non-zero fill byte) of the QEVM stream at byte ``start``
+    of the file (0, or after a libvirt save image's header and XML).
 
-    Raises WincrashError for a stream volatility3 cannot read: volatility3 raises LayerException,
-    but also JSONDecodeError, UnicodeDecodeError, ValueError or KeyError on a truncated or damaged
-    stream (the vmstate JSON at its end), all of which mean the same to the user.
+    The page map is volatility3's QemuSuspendLayer (memory.vol3): its plainly stored ranges become
+    segments, a page QEMU sent as one fill byte reads as zeros. Raises WincrashError for a stream
+    volatility3 cannot read (truncated or damaged: its vmstate JSON, a segment table of nothing).
     """
-    try:
-        from volatility3.framework import contexts
-        from volatility3.framework.layers.physical import FileLayer
-        from volatility3.framework.layers.qemu import QemuSuspendLayer
-    except ImportError as exc:  # pragma: no cover - volatility3 is a dependency
-        raise WincrashError(f"reading QEMU savevm streams needs volatility3 ({exc})") from None
-    ctx = contexts.Context()
-    ctx.config["wincrash_file.location"] = Path(path).resolve().as_uri()
-    ctx.add_layer(FileLayer(ctx, "wincrash_file", "wincrash_file"))
-    ctx.config["wincrash_qemu.base_layer"] = "wincrash_file"
-    try:
-        layer = QemuSuspendLayer(ctx, "wincrash_qemu", "wincrash_qemu")
-        mappings = list(layer.mapping(0, layer.maximum_address + 1, ignore_errors=True))
-    except Exception as exc:  # noqa: BLE001 - any failure inside volatility3's parser means a damaged stream
-        detail = " ".join(str(exc).split())[:160] or exc.__class__.__name__
-        raise WincrashError(f"{path}: not a QEMU savevm stream volatility3 can read (truncated or damaged: "
-                            f"{detail})") from None
-    segments = PackedSegments()
-    nonzero_fill = 0
-    for offset, length, mapped_offset, mapped_length, _layer in mappings:
-        if mapped_length == length:
-            segments.append(Segment(offset, length, mapped_offset, length))
-        elif os.pread(fh.fileno(), 1, mapped_offset) != b"\0":  # a page QEMU sent as one fill byte
-            nonzero_fill += length // PAGE
+    from volatility3.framework.layers.qemu import QemuSuspendLayer
+
+    segments, other = plain_segments(layer_mappings(path, QemuSuspendLayer, start,
+                                                    "not a QEMU savevm stream volatility3 can read"))
+    nonzero_fill = sum(length // PAGE for offset, length in other if os.pread(fh.fileno(), 1, offset) != b"\0")
     return segments, nonzero_fill
 
 

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from wincrash.errors import WincrashError
-from wincrash.memory.qemu_elf import Segment
-from wincrash.memory.savevm import PackedSegments
+from wincrash.memory.segments import PackedSegments, Segment
 
 
-def layer_mappings(path: Path, layer_class: Any, start: int = 0) -> Iterator[tuple[int, int, int, int]]:
+def layer_mappings(path: Path, layer_class: Any, start: int = 0, unreadable: str = ""
+                   ) -> Iterator[tuple[int, int, int, int]]:
     """(guest-physical address, length, file offset, stored length) of every range ``layer_class`` maps.
 
     ``start``: the container begins at this byte of the file (a QEMU stream after libvirt's header);
     file offsets are given from the start of the file. Raises WincrashError when volatility3 cannot
-    read it.
+    read it; ``unreadable`` words that error (default: "volatility3's <layer> cannot read it").
     """
+    unreadable = unreadable or f"volatility3's {layer_class.__name__} cannot read it"
     try:
         from volatility3.framework import contexts
         from volatility3.framework.exceptions import LayerException
@@ -52,13 +53,13 @@ def layer_mappings(path: Path, layer_class: Any, start: int = 0) -> Iterator[tup
         mappings = list(layer.mapping(layer.minimum_address, layer.maximum_address + 1 - layer.minimum_address,
                                       ignore_errors=True))
     except LayerException as exc:
-        raise WincrashError(f"{path}: volatility3's {layer_class.__name__} cannot read it ({exc})") from None
+        raise WincrashError(f"{path}: {unreadable} ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - JSONDecodeError, UnicodeDecodeError, ValueError, KeyError...
         # volatility3's parsers raise more than LayerException on a truncated or damaged stream (the vmstate
         # JSON at its end, a segment table of nothing): all mean the same to the user.
         detail = " ".join(str(exc).split())[:160] or exc.__class__.__name__
-        raise WincrashError(f"{path}: volatility3's {layer_class.__name__} cannot read it (truncated or damaged: "
-                            f"{exc.__class__.__name__}: {detail})") from None
+        raise WincrashError(f"{path}: {unreadable} (truncated or damaged: {exc.__class__.__name__}: {detail})"
+                            ) from None
     for offset, length, mapped_offset, mapped_length, _layer in mappings:
         yield offset, length, mapped_offset + start, mapped_length
 
