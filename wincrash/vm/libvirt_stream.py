@@ -28,7 +28,7 @@ from typing import Any
 from wincrash.errors import WincrashError
 from wincrash.vm.errors import DumpFailedError
 from wincrash.vm.guest_memory import ProgressFn, explain_dump_error
-from wincrash.vm.qmp_memory_dump import _PipeCopier, describe_error
+from wincrash.vm.qmp_memory_dump import PipeCopier, describe_error
 
 ABORT_WAIT_SECONDS = 30  # how long a cancelled dump may take to stop
 
@@ -81,7 +81,7 @@ async def stream_libvirt_dump(conn: Any, sink: Any, ram: int, progress: Progress
                lv.VIR_DUMP_MEMORY_ONLY)
     opening = _Job("wincrash-fifo-open", os.open, fifo, os.O_RDONLY | os.O_CLOEXEC)
     rfd = -1
-    copier: _PipeCopier | None = None
+    copier: PipeCopier | None = None
     try:
         while opening.is_alive() and job.is_alive():  # libvirt opens the FIFO for writing, or fails first
             await asyncio.sleep(0.02)
@@ -91,7 +91,7 @@ async def stream_libvirt_dump(conn: Any, sink: Any, ram: int, progress: Progress
         if opening.error is not None:
             raise opening.error
         rfd, opening.result = opening.result, None
-        copier = _PipeCopier(rfd, sink)
+        copier = PipeCopier(rfd, sink)
         thread = threading.Thread(target=copier.run, name="wincrash-dump-copy", daemon=True)
         thread.start()
         while thread.is_alive() or job.is_alive():

@@ -63,8 +63,9 @@ class _Timeline:
         return (self.resume or time.time()) - self.stop
 
 
-class _PipeCopier:
-    """A thread that copies the pipe into the output file until EOF or until cancelled."""
+class PipeCopier:
+    """A thread that copies the pipe into ``fh`` (a file, or any object with write()) until EOF or until
+    cancelled; shared by the QMP dump and the libvirt stream (vm.libvirt_stream)."""
 
     def __init__(self, rfd: int, fh: Any) -> None:
         self.rfd, self.fh = rfd, fh
@@ -181,7 +182,7 @@ async def _pump(qmp: QmpSession, listener: EventListener, timeline: _Timeline, f
             await qmp.execute("getfd", {"fdname": fdname})
         finally:
             os.close(wfd)  # QEMU holds its own copy now; EOF on rfd means QEMU closed it
-        copier = _PipeCopier(rfd, fh)
+        copier = PipeCopier(rfd, fh)
         thread = threading.Thread(target=copier.run, name="wincrash-dump-copy", daemon=True)
         thread.start()
         try:
